@@ -1,0 +1,3 @@
+//! firma-transportd as a library: `run(config, shutdown)` wires the tasks; tests call it too.
+
+pub mod config;

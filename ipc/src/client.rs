@@ -1,0 +1,137 @@
+//! Connecting to the daemon: the socket, the tarpc client, the version handshake, and errors
+//! that tell a person which socket was tried, why it failed, and what to run next.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::traits::tokio::Stream as _;
+use interprocess::local_socket::{GenericFilePath, ToFsName};
+use tarpc::context;
+
+use crate::service::{API_VERSION, ControlClient};
+use crate::types::{Hello, Role};
+
+/// Why a client could not talk to the daemon. Every variant's message names the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "firma-transportd is not running at {path} ({reason}).\n  Start it with: firma-transportd --socket {path}\n  or pick another socket with --socket PATH / FIRMA_SOCKET"
+    )]
+    NotRunning { path: PathBuf, reason: String },
+    #[error(
+        "permission denied on {path}.\n  Run as root, as the daemon's user, or as a member of its control group (default `firma`): sudo usermod -aG firma $USER"
+    )]
+    PermissionDenied { path: PathBuf },
+    #[error(
+        "the daemon at {path} speaks control API {daemon}, this client speaks {client}.\n  Install matching versions of firma-transportd and its clients"
+    )]
+    VersionMismatch { path: PathBuf, daemon: u32, client: u32 },
+    #[error("the daemon at {path} refused this client: {reason}")]
+    Refused { path: PathBuf, reason: String },
+    #[error("could not talk to the daemon at {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+}
+
+/// A connected, version-checked control client.
+pub struct Connection {
+    pub client: ControlClient,
+    pub hello: Hello,
+    pub path: PathBuf,
+}
+
+/// A request context with a deadline `timeout` from now.
+pub fn ctx(timeout: Duration) -> context::Context {
+    let mut ctx = context::current();
+    ctx.deadline = std::time::Instant::now() + timeout;
+    ctx
+}
+
+/// Default deadline for ordinary calls.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connect to the daemon's control socket and do the version handshake.
+pub async fn connect(path: &Path, client_name: &str, want_role: Role) -> Result<Connection, ConnectError> {
+    let name = path
+        .to_fs_name::<GenericFilePath>()
+        .map_err(|e| ConnectError::Io { path: path.to_owned(), reason: e.to_string() })?;
+    let stream = match Stream::connect(name).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ConnectError::PermissionDenied { path: path.to_owned() });
+        }
+        Err(e) => {
+            let reason = match e.kind() {
+                std::io::ErrorKind::NotFound => "no socket file".to_owned(),
+                std::io::ErrorKind::ConnectionRefused => "socket file exists but nobody listens".to_owned(),
+                _ => e.to_string(),
+            };
+            return Err(ConnectError::NotRunning { path: path.to_owned(), reason });
+        }
+    };
+    let transport = crate::codec::transport(stream);
+    let client = ControlClient::new(tarpc::client::Config::default(), transport).spawn();
+    let hello = match client.hello(ctx(CALL_TIMEOUT), API_VERSION, client_name.to_owned(), want_role).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(e)) => return Err(ConnectError::Refused { path: path.to_owned(), reason: e.message }),
+        // The daemon closes connections it refuses by credentials before decoding a frame.
+        Err(tarpc::client::RpcError::Shutdown) => {
+            return Err(ConnectError::Refused {
+                path: path.to_owned(),
+                reason: "connection closed by the daemon (is this user allowed to use the control socket?)".to_owned(),
+            });
+        }
+        Err(e) => return Err(ConnectError::Io { path: path.to_owned(), reason: e.to_string() }),
+    };
+    if hello.api_version != API_VERSION {
+        return Err(ConnectError::VersionMismatch { path: path.to_owned(), daemon: hello.api_version, client: API_VERSION });
+    }
+    Ok(Connection { client, hello, path: path.to_owned() })
+}
+
+/// Exponential backoff for reconnect loops: `initial`, doubling up to `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self { next: initial, initial, max }
+    }
+    /// The delay before the next attempt; each call doubles the one after it.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+/// Connect, retrying with `backoff` until it works or a non-retryable error (version mismatch,
+/// permission) comes back. `on_retry` sees each failure, e.g. to report "reconnecting".
+pub async fn connect_with_retry(
+    path: &Path,
+    client_name: &str,
+    want_role: Role,
+    backoff: &mut Backoff,
+    mut on_retry: impl FnMut(&ConnectError),
+) -> Result<Connection, ConnectError> {
+    loop {
+        match connect(path, client_name, want_role).await {
+            Ok(c) => {
+                backoff.reset();
+                return Ok(c);
+            }
+            Err(e @ (ConnectError::VersionMismatch { .. } | ConnectError::PermissionDenied { .. })) => return Err(e),
+            Err(e) => {
+                on_retry(&e);
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
