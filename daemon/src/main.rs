@@ -1,1 +1,60 @@
-fn main() {}
+//! firma-transportd: flags -> config -> run. Nothing else lives here.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use firma_daemon::flags::{self, Flags};
+use firma_daemon::{RunControl, logging, run, signals};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let config = match flags::load(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("firma-transportd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let log = match logging::init(&config.log) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("firma-transportd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("firma-transportd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let (hup_tx, mut hup_rx) = mpsc::channel(1);
+        let (reload_tx, reload_rx) = mpsc::channel(1);
+        signals::spawn(shutdown.clone(), hup_tx)?;
+        // SIGHUP: read the same sources again; a bad file is reported and the old config kept.
+        tokio::spawn(async move {
+            while hup_rx.recv().await.is_some() {
+                match flags::load(&flags) {
+                    Ok(c) => {
+                        let _ = reload_tx.send(c).await;
+                    }
+                    Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
+                }
+            }
+        });
+        let set_log_level = Box::new(move |level: &str| logging::set_level(&log, level));
+        run(config, RunControl { shutdown, reloads: reload_rx, set_log_level: Some(set_log_level) }).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("firma-transportd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

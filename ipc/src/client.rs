@@ -52,9 +52,10 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connect to the daemon's control socket and do the version handshake.
 pub async fn connect(path: &Path, client_name: &str, want_role: Role) -> Result<Connection, ConnectError> {
-    let name = path
-        .to_fs_name::<GenericFilePath>()
-        .map_err(|e| ConnectError::Io { path: path.to_owned(), reason: e.to_string() })?;
+    let name = path.to_fs_name::<GenericFilePath>().map_err(|e| ConnectError::Io {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
     let stream = match Stream::connect(name).await {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -66,14 +67,25 @@ pub async fn connect(path: &Path, client_name: &str, want_role: Role) -> Result<
                 std::io::ErrorKind::ConnectionRefused => "socket file exists but nobody listens".to_owned(),
                 _ => e.to_string(),
             };
-            return Err(ConnectError::NotRunning { path: path.to_owned(), reason });
+            return Err(ConnectError::NotRunning {
+                path: path.to_owned(),
+                reason,
+            });
         }
     };
     let transport = crate::codec::transport(stream);
     let client = ControlClient::new(tarpc::client::Config::default(), transport).spawn();
-    let hello = match client.hello(ctx(CALL_TIMEOUT), API_VERSION, client_name.to_owned(), want_role).await {
+    let hello = match client
+        .hello(ctx(CALL_TIMEOUT), API_VERSION, client_name.to_owned(), want_role)
+        .await
+    {
         Ok(Ok(hello)) => hello,
-        Ok(Err(e)) => return Err(ConnectError::Refused { path: path.to_owned(), reason: e.message }),
+        Ok(Err(e)) => {
+            return Err(ConnectError::Refused {
+                path: path.to_owned(),
+                reason: e.message,
+            });
+        }
         // The daemon closes connections it refuses by credentials before decoding a frame.
         Err(tarpc::client::RpcError::Shutdown) => {
             return Err(ConnectError::Refused {
@@ -81,12 +93,25 @@ pub async fn connect(path: &Path, client_name: &str, want_role: Role) -> Result<
                 reason: "connection closed by the daemon (is this user allowed to use the control socket?)".to_owned(),
             });
         }
-        Err(e) => return Err(ConnectError::Io { path: path.to_owned(), reason: e.to_string() }),
+        Err(e) => {
+            return Err(ConnectError::Io {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            });
+        }
     };
     if hello.api_version != API_VERSION {
-        return Err(ConnectError::VersionMismatch { path: path.to_owned(), daemon: hello.api_version, client: API_VERSION });
+        return Err(ConnectError::VersionMismatch {
+            path: path.to_owned(),
+            daemon: hello.api_version,
+            client: API_VERSION,
+        });
     }
-    Ok(Connection { client, hello, path: path.to_owned() })
+    Ok(Connection {
+        client,
+        hello,
+        path: path.to_owned(),
+    })
 }
 
 /// Exponential backoff for reconnect loops: `initial`, doubling up to `max`.
@@ -99,7 +124,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self { next: initial, initial, max }
+        Self {
+            next: initial,
+            initial,
+            max,
+        }
     }
     /// The delay before the next attempt; each call doubles the one after it.
     pub fn next_delay(&mut self) -> Duration {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{AddrSource, DiscoveryState, Direction};
+use crate::types::{AddrSource, Direction, DiscoveryState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventEnvelope {
@@ -17,17 +17,45 @@ pub struct EventEnvelope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    PeerDiscovered { peer_id: String, addrs: Vec<String>, source: AddrSource },
-    PeerConnected { peer_id: String, addr: String, direction: Direction },
-    PeerDisconnected { peer_id: String, reason: Option<String> },
-    PeerIdentified { peer_id: String, agent: String, protocols: Vec<String> },
+    PeerDiscovered {
+        peer_id: String,
+        addrs: Vec<String>,
+        source: AddrSource,
+    },
+    PeerConnected {
+        peer_id: String,
+        addr: String,
+        direction: Direction,
+    },
+    PeerDisconnected {
+        peer_id: String,
+        reason: Option<String>,
+    },
+    PeerIdentified {
+        peer_id: String,
+        agent: String,
+        protocols: Vec<String>,
+    },
     /// Sent at most once per peer per rate-limit window, and only when the RTT moved noticeably.
-    PeerRtt { peer_id: String, rtt_us: u64 },
+    PeerRtt {
+        peer_id: String,
+        rtt_us: u64,
+    },
     /// Pin, ban or trust of a peer changed.
-    PeerUpdated { peer_id: String, pinned: bool, banned: bool },
-    ListenAddrAdded { addr: String },
-    ListenAddrRemoved { addr: String },
-    DiscoveryChanged { state: DiscoveryState },
+    PeerUpdated {
+        peer_id: String,
+        pinned: bool,
+        banned: bool,
+    },
+    ListenAddrAdded {
+        addr: String,
+    },
+    ListenAddrRemoved {
+        addr: String,
+    },
+    DiscoveryChanged {
+        state: DiscoveryState,
+    },
 }
 
 impl Event {

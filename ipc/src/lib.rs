@@ -14,4 +14,4 @@ pub mod service;
 pub mod types;
 
 pub use error::{ErrorCode, IpcError};
-pub use service::{API_VERSION, Control, ControlClient, ControlRequest, ControlResponse, MAX_FRAME};
+pub use service::{API_VERSION, Control, ControlClient, ControlRequest, ControlResponse, MAX_FRAME, ServeControl};

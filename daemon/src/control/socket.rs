@@ -1,0 +1,158 @@
+//! Creating the control socket safely: directory 0750, a lock file against a second instance,
+//! a live-socket probe before a stale socket is unlinked, and a socket created 0660 from the
+//! start (interprocess `fchmod`s it before `bind`, so no window with looser permissions exists).
+//! Never an abstract socket: those have no permissions at all.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use interprocess::local_socket::tokio::Listener;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use nix::fcntl::{Flock, FlockArg};
+
+/// Holds the instance lock for as long as the daemon runs; dropping it releases the lock.
+pub struct InstanceLock {
+    _lock: Flock<File>,
+    pub path: PathBuf,
+}
+
+/// The bound control socket and the lock that makes it ours.
+pub struct ControlSocket {
+    pub listener: Listener,
+    pub path: PathBuf,
+    pub lock: InstanceLock,
+}
+
+fn lock_path(socket: &Path) -> PathBuf {
+    let mut name = socket.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".lock");
+    socket.with_file_name(name)
+}
+
+/// Creates the socket directory (0750) if needed. An existing directory is left as its owner
+/// made it (systemd's RuntimeDirectory, or an operator), but one that anyone may write is refused.
+pub fn ensure_socket_dir(dir: &Path) -> anyhow::Result<()> {
+    match fs::metadata(dir) {
+        Ok(meta) => {
+            if !meta.is_dir() {
+                bail!("{} exists and is not a directory; remove it or choose another --socket", dir.display());
+            }
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+                bail!(
+                    "socket directory {} is world-writable (mode {mode:o}); anyone could replace the socket. Fix: chmod 750 {}",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .with_context(|| format!("creating socket directory {}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("checking socket directory {}", dir.display())),
+    }
+}
+
+fn take_lock(socket: &Path) -> anyhow::Result<InstanceLock> {
+    let path = lock_path(socket);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, _errno)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+            bail!(
+                "another firma-transportd{who} already uses {}: its lock {} is held. Stop it first (`firmactl --socket {} status` shows it), or give this one another --socket and --state-dir",
+                socket.display(),
+                path.display(),
+                socket.display()
+            );
+        }
+    };
+    // Record our pid for the message above; failure here costs nothing but that message.
+    let _ = lock.set_len(0);
+    let _ = lock.rewind();
+    let _ = write!(lock, "{}", std::process::id());
+    Ok(InstanceLock { _lock: lock, path })
+}
+
+/// Binds the control socket at `path`, or explains exactly why it cannot.
+pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    ensure_socket_dir(dir)?;
+    let lock = take_lock(path)?;
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            bail!("{} exists and is not a socket; remove it or choose another --socket", path.display());
+        }
+        // We hold the lock, so a daemon that answers here ignores locks (an old version, or a
+        // different lock path): never unlink a live socket.
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "a process is already serving {}; stop it first or choose another --socket",
+                path.display()
+            );
+        }
+        fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        tracing::info!(socket = %path.display(), "removed a stale control socket left by a previous run");
+    }
+    let name = path
+        .to_fs_name::<GenericFilePath>()
+        .with_context(|| format!("{} is not a usable socket path", path.display()))?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .mode(0o660)
+        .reclaim_name(true)
+        .create_tokio()
+        .with_context(|| format!("binding control socket {}", path.display()))?;
+    Ok(ControlSocket { listener, path: path.to_owned(), lock })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn socket_is_0660_and_second_bind_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("run/firma/t.sock");
+        let first = bind(&sock).unwrap();
+        let mode = fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let dmode = fs::metadata(sock.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dmode, 0o750);
+        let err = bind(&sock).err().unwrap().to_string();
+        assert!(err.contains("already uses"), "{err}");
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("t.sock");
+        // A socket file nobody listens on, as a SIGKILLed daemon leaves behind.
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        assert!(sock.exists());
+        let bound = bind(&sock).unwrap();
+        assert!(sock.exists());
+        drop(bound);
+    }
+}
