@@ -68,7 +68,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".to_owned(), format: LogFormat::Auto }
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Auto,
+        }
     }
 }
 
@@ -100,7 +103,10 @@ pub struct NetworkConfig {
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
-            listen: vec!["/ip4/0.0.0.0/tcp/9092".to_owned(), "/ip4/0.0.0.0/udp/9092/quic-v1".to_owned()],
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/9092".to_owned(),
+                "/ip4/0.0.0.0/udp/9092/quic-v1".to_owned(),
+            ],
             mdns: true,
             dht: true,
             bootstrap: Vec::new(),
@@ -183,7 +189,11 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { map_size_mib: 1024, history_retention: 10_000, audit_retention: 10_000 }
+        Self {
+            map_size_mib: 1024,
+            history_retention: 10_000,
+            audit_retention: 10_000,
+        }
     }
 }
 
@@ -234,7 +244,10 @@ pub struct ConfigError {
 }
 
 fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.to_owned(), problem: problem.into() }
+    ConfigError {
+        key: key.to_owned(),
+        problem: problem.into(),
+    }
 }
 
 impl Config {
@@ -242,29 +255,51 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         use libp2p::Multiaddr;
         for (i, a) in self.network.listen.iter().enumerate() {
-            a.parse::<Multiaddr>()
-                .map_err(|e| bad(&format!("network.listen[{i}]"), format!("`{a}` is not a multiaddr ({e})")))?;
+            a.parse::<Multiaddr>().map_err(|e| {
+                bad(
+                    &format!("network.listen[{i}]"),
+                    format!("`{a}` is not a multiaddr ({e})"),
+                )
+            })?;
         }
         for (i, a) in self.network.bootstrap.iter().enumerate() {
-            let addr: Multiaddr = a
-                .parse()
-                .map_err(|e| bad(&format!("network.bootstrap[{i}]"), format!("`{a}` is not a multiaddr ({e})")))?;
+            let addr: Multiaddr = a.parse().map_err(|e| {
+                bad(
+                    &format!("network.bootstrap[{i}]"),
+                    format!("`{a}` is not a multiaddr ({e})"),
+                )
+            })?;
             if !addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))) {
-                return Err(bad(&format!("network.bootstrap[{i}]"), format!("`{a}` needs a /p2p/<peer id> suffix")));
+                return Err(bad(
+                    &format!("network.bootstrap[{i}]"),
+                    format!("`{a}` needs a /p2p/<peer id> suffix"),
+                ));
             }
         }
         let r = &self.network.retry;
         if r.initial_delay.is_zero() {
-            return Err(bad("network.retry.initial_delay", "must be more than 0 (e.g. \"100ms\")"));
+            return Err(bad(
+                "network.retry.initial_delay",
+                "must be more than 0 (e.g. \"100ms\")",
+            ));
         }
         if r.max_delay < r.initial_delay {
-            return Err(bad("network.retry.max_delay", "must be at least network.retry.initial_delay"));
+            return Err(bad(
+                "network.retry.max_delay",
+                "must be at least network.retry.initial_delay",
+            ));
         }
         if !(r.multiplier >= 1.0 && r.multiplier <= 100.0) {
-            return Err(bad("network.retry.multiplier", format!("{} is out of range; use 1.0 to 100.0", r.multiplier)));
+            return Err(bad(
+                "network.retry.multiplier",
+                format!("{} is out of range; use 1.0 to 100.0", r.multiplier),
+            ));
         }
         if !(0.0..=1.0).contains(&r.jitter) {
-            return Err(bad("network.retry.jitter", format!("{} is out of range; use 0.0 to 1.0", r.jitter)));
+            return Err(bad(
+                "network.retry.jitter",
+                format!("{} is out of range; use 0.0 to 1.0", r.jitter),
+            ));
         }
         let l = &self.network.limits;
         for (key, v) in [
@@ -301,7 +336,10 @@ impl Config {
             return Err(bad("control.max_connections", "control limits must be at least 1"));
         }
         if self.socket.as_os_str().is_empty() {
-            return Err(bad("socket", "must be a filesystem path (abstract sockets are refused)"));
+            return Err(bad(
+                "socket",
+                "must be a filesystem path (abstract sockets are refused)",
+            ));
         }
         Ok(())
     }

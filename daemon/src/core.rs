@@ -15,7 +15,9 @@ use crate::network::NetworkHandle;
 use crate::store::{Store, StoreError, StoreWriter};
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One open connection as the tracker last saw it.

@@ -22,7 +22,12 @@ pub struct EventLog {
 impl EventLog {
     pub fn new(capacity: usize) -> Self {
         let (head, _) = watch::channel(0);
-        Self { ring: Mutex::new(VecDeque::with_capacity(capacity)), capacity, head, instance: rand::random() }
+        Self {
+            ring: Mutex::new(VecDeque::with_capacity(capacity)),
+            capacity,
+            head,
+            instance: rand::random(),
+        }
     }
 
     pub fn instance(&self) -> u64 {
@@ -60,7 +65,12 @@ impl EventLog {
             let skip = (after + 1).saturating_sub(oldest) as usize;
             ring.iter().skip(skip).take(max).cloned().collect()
         };
-        EventBatch { events, head, resync, instance: self.instance }
+        EventBatch {
+            events,
+            head,
+            resync,
+            instance: self.instance,
+        }
     }
 
     /// Long poll: returns at once when events after `after` exist (or a resync is due),
@@ -82,7 +92,12 @@ mod tests {
     use firma_ipc::types::DiscoveryState;
 
     fn ev() -> Event {
-        Event::DiscoveryChanged { state: DiscoveryState { mdns_enabled: true, dht_enabled: false } }
+        Event::DiscoveryChanged {
+            state: DiscoveryState {
+                mdns_enabled: true,
+                dht_enabled: false,
+            },
+        }
     }
 
     #[test]
@@ -119,7 +134,10 @@ mod tests {
         let waiter = tokio::spawn(async move { l2.poll(0, 10, Duration::from_secs(10)).await });
         // The waiter may subscribe before or after this append; both paths must return the event.
         log.append(ev(), 0);
-        let b = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        let b = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(b.events.len(), 1);
     }
 }

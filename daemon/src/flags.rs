@@ -97,13 +97,30 @@ impl clap::ValueEnum for LogFormat {
 /// Top-level config keys: only `FIRMA_<KEY>...` variables naming one of these are config.
 /// Others (`FIRMA_CONFIG`, `FIRMA_NO_MDNS`, firma-web's own `FIRMA_WEB_*`) belong to flags or
 /// to other programs sharing the prefix.
-const CONFIG_KEYS: &[&str] = &["state_dir", "socket", "user", "allow_root", "dev", "log", "network", "store", "control", "events"];
+const CONFIG_KEYS: &[&str] = &[
+    "state_dir",
+    "socket",
+    "user",
+    "allow_root",
+    "dev",
+    "log",
+    "network",
+    "store",
+    "control",
+    "events",
+];
 
 /// Merges defaults, the config file, `FIRMA_*` and the flags into one validated config.
 pub fn load(flags: &Flags) -> anyhow::Result<Config> {
-    let file = flags.config.clone().unwrap_or_else(firma_ipc::paths::default_config_file);
+    let file = flags
+        .config
+        .clone()
+        .unwrap_or_else(firma_ipc::paths::default_config_file);
     if flags.config.is_some() && !file.exists() {
-        anyhow::bail!("config file {} does not exist (given with --config or FIRMA_CONFIG)", file.display());
+        anyhow::bail!(
+            "config file {} does not exist (given with --config or FIRMA_CONFIG)",
+            file.display()
+        );
     }
     let mut fig = Figment::from(Serialized::defaults(Config::default()))
         .merge(Toml::file(&file))
@@ -139,13 +156,19 @@ pub fn load(flags: &Flags) -> anyhow::Result<Config> {
     let config: Config = fig.extract().map_err(|e| {
         let mut msg = String::new();
         for err in e {
-            let key = if err.path.is_empty() { "(top level)".to_owned() } else { err.path.join(".") };
+            let key = if err.path.is_empty() {
+                "(top level)".to_owned()
+            } else {
+                err.path.join(".")
+            };
             let from = err.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
             msg.push_str(&format!("config key `{key}`: {} (from {from})\n", err.kind));
         }
         anyhow::anyhow!("{}see `firma-transportd --help` for where settings come from", msg)
     })?;
-    config.validate().with_context(|| format!("invalid configuration (file {})", file.display()))?;
+    config
+        .validate()
+        .with_context(|| format!("invalid configuration (file {})", file.display()))?;
     Ok(config)
 }
 

@@ -15,7 +15,10 @@ pub fn load_or_create(state_dir: &Path) -> anyhow::Result<Keypair> {
     let path = state_dir.join(KEY_FILE);
     match fs::read(&path) {
         Ok(bytes) => {
-            let mode = fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.permissions().mode();
+            let mode = fs::metadata(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .permissions()
+                .mode();
             if mode & 0o077 != 0 {
                 bail!(
                     "identity key {} is readable by others (mode {:o}); fix it with: chmod 600 {}",
@@ -43,7 +46,9 @@ pub fn load_or_create(state_dir: &Path) -> anyhow::Result<Keypair> {
                 .mode(0o600)
                 .open(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(&bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+            f.write_all(&bytes)
+                .and_then(|_| f.sync_all())
+                .with_context(|| format!("writing {}", tmp.display()))?;
             fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
             tracing::info!(path = %path.display(), "created a new identity key");
             Ok(key)

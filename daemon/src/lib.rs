@@ -43,6 +43,8 @@ pub struct RunControl {
     pub reloads: mpsc::Receiver<Config>,
     /// Applies a new log filter; `None` when the caller manages logging itself (tests).
     pub set_log_level: Option<Box<dyn Fn(&str) -> anyhow::Result<()> + Send + Sync>>,
+    /// The control socket when a service manager bound it (`LISTEN_FDS`).
+    pub inherited_socket: Option<std::os::unix::net::UnixListener>,
 }
 
 fn ensure_state_dir(cfg: &Config) -> anyhow::Result<()> {
@@ -80,7 +82,13 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
         tracing::error!(detail = ?store.status().detail, "the store is unhealthy: serving status, refusing writes");
     }
 
-    let socket = control::socket::bind(&config.socket)?;
+    let socket = match ctl.inherited_socket.take() {
+        Some(l) => {
+            tracing::info!(socket = %config.socket.display(), "using the control socket passed by the service manager");
+            control::socket::adopt(&config.socket, l)?
+        }
+        None => control::socket::bind(&config.socket)?,
+    };
 
     let (seeds, banned) = {
         let s = store.clone();
@@ -136,6 +144,7 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
     }
     tracing::info!(socket = %socket_path.display(), redials, "control socket ready");
     notify_ready();
+    let watchdog = tokio::spawn(watchdog(core.clone()));
 
     let mut current = config;
     loop {
@@ -150,6 +159,10 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
     // Stop: control first (no new work), then the network (remembers who was connected),
     // then drain the tracker and the writer so every event reaches the disk.
     tracing::info!("stopping");
+    watchdog.abort();
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    }
     control_token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), control).await;
     net_token.cancel();
@@ -225,5 +238,25 @@ fn notify_ready() {
         && let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready])
     {
         tracing::warn!(error = %e, "could not notify systemd of readiness");
+    }
+}
+
+/// systemd's watchdog: pings at half the interval, but only while the network task answers,
+/// so a wedged swarm gets the daemon restarted.
+async fn watchdog(core: Arc<Core>) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2);
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(period, core.net.listen_addrs()).await {
+            Ok(Ok(_)) => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+            _ => tracing::error!("network task did not answer in time; withholding the watchdog ping"),
+        }
     }
 }

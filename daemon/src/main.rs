@@ -24,6 +24,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the runtime starts: this reads and clears LISTEN_FDS/LISTEN_PID.
+    let inherited_socket = match firma_daemon::control::socket::take_inherited() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("firma-transportd: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -48,7 +56,16 @@ fn main() -> ExitCode {
             }
         });
         let set_log_level = Box::new(move |level: &str| logging::set_level(&log, level));
-        run(config, RunControl { shutdown, reloads: reload_rx, set_log_level: Some(set_log_level) }).await
+        run(
+            config,
+            RunControl {
+                shutdown,
+                reloads: reload_rx,
+                set_log_level: Some(set_log_level),
+                inherited_socket,
+            },
+        )
+        .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

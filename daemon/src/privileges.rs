@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use nix::unistd::{Gid, Uid, User, chown, geteuid, getegid, setgid, setgroups, setuid};
+use nix::unistd::{Gid, Uid, User, chown, getegid, geteuid, setgid, setgroups, setuid};
 
 /// What `drop_root` did, for the startup log.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,7 +35,11 @@ pub fn plan(user: &str, allow_root: bool) -> anyhow::Result<Option<Target>> {
             "started as root, but the account `{user}` to drop to does not exist. Create it (`systemd-sysusers`, or `useradd --system --no-create-home {user}`), choose another with --user NAME, or keep root with --allow-root (not recommended)"
         );
     };
-    Ok(Some(Target { name: u.name, uid: u.uid, gid: u.gid }))
+    Ok(Some(Target {
+        name: u.name,
+        uid: u.uid,
+        gid: u.gid,
+    }))
 }
 
 /// Gives the daemon's own files to the target account so it can keep using them after the drop.
@@ -66,7 +70,11 @@ pub fn hand_over_tree(target: &Target, root: &Path) -> anyhow::Result<()> {
 /// Drops to `target`, or reports why the process stays as it is.
 pub fn drop_root(target: Option<Target>) -> anyhow::Result<Outcome> {
     let Some(t) = target else {
-        return Ok(if geteuid().is_root() { Outcome::KeptRoot } else { Outcome::NotRoot });
+        return Ok(if geteuid().is_root() {
+            Outcome::KeptRoot
+        } else {
+            Outcome::NotRoot
+        });
     };
     setgroups(&[t.gid]).context("setgroups")?;
     setgid(t.gid).context("setgid")?;
@@ -77,5 +85,9 @@ pub fn drop_root(target: Option<Target>) -> anyhow::Result<Outcome> {
     }
     // No setuid binary we might ever exec can raise privileges again.
     nix::sys::prctl::set_no_new_privs().context("PR_SET_NO_NEW_PRIVS")?;
-    Ok(Outcome::Dropped { user: t.name, uid: t.uid.as_raw(), gid: t.gid.as_raw() })
+    Ok(Outcome::Dropped {
+        user: t.name,
+        uid: t.uid.as_raw(),
+        gid: t.gid.as_raw(),
+    })
 }

@@ -42,7 +42,10 @@ impl RttGate {
 
 /// Runs until the network's event channel closes (the network task ended).
 pub async fn run(core: Arc<Core>, mut events: mpsc::Receiver<NetEvent>, rtt_interval: Duration) {
-    let mut gate = RttGate { interval: rtt_interval, last: HashMap::new() };
+    let mut gate = RttGate {
+        interval: rtt_interval,
+        last: HashMap::new(),
+    };
     while let Some(ev) = events.recv().await {
         let at = now_ms();
         let (ops, event) = translate(&core, ev, at, &mut gate);
@@ -68,23 +71,59 @@ fn translate(core: &Core, ev: NetEvent, at: u64, gate: &mut RttGate) -> (Vec<Sto
             };
             (vec![op], Some(Event::PeerDiscovered { peer_id, addrs, source }))
         }
-        NetEvent::Connected { peer_id, addr, direction } => {
+        NetEvent::Connected {
+            peer_id,
+            addr,
+            direction,
+        } => {
             Counters::inc(&core.counters.connections_opened);
-            core.live().connected.insert(peer_id.clone(), LiveConn { addr: addr.clone(), direction, rtt_us: None });
+            core.live().connected.insert(
+                peer_id.clone(),
+                LiveConn {
+                    addr: addr.clone(),
+                    direction,
+                    rtt_us: None,
+                },
+            );
             let ops = vec![
-                StoreOp::PeerSeen { peer_id: peer_id.clone(), addrs: vec![(addr.clone(), AddrSource::Connection)], at_ms: at },
-                StoreOp::PeerConnected { peer_id: peer_id.clone(), addr: addr.clone(), direction, at_ms: at },
+                StoreOp::PeerSeen {
+                    peer_id: peer_id.clone(),
+                    addrs: vec![(addr.clone(), AddrSource::Connection)],
+                    at_ms: at,
+                },
+                StoreOp::PeerConnected {
+                    peer_id: peer_id.clone(),
+                    addr: addr.clone(),
+                    direction,
+                    at_ms: at,
+                },
             ];
-            (ops, Some(Event::PeerConnected { peer_id, addr, direction }))
+            (
+                ops,
+                Some(Event::PeerConnected {
+                    peer_id,
+                    addr,
+                    direction,
+                }),
+            )
         }
         NetEvent::Disconnected { peer_id, reason } => {
             Counters::inc(&core.counters.connections_closed);
             core.live().connected.remove(&peer_id);
             gate.last.remove(&peer_id);
-            let op = StoreOp::PeerDisconnected { peer_id: peer_id.clone(), reason: reason.clone(), at_ms: at };
+            let op = StoreOp::PeerDisconnected {
+                peer_id: peer_id.clone(),
+                reason: reason.clone(),
+                at_ms: at,
+            };
             (vec![op], Some(Event::PeerDisconnected { peer_id, reason }))
         }
-        NetEvent::Identified { peer_id, agent, protocols, listen_addrs } => {
+        NetEvent::Identified {
+            peer_id,
+            agent,
+            protocols,
+            listen_addrs,
+        } => {
             let op = StoreOp::PeerIdentified {
                 peer_id: peer_id.clone(),
                 agent: agent.clone(),
@@ -92,14 +131,27 @@ fn translate(core: &Core, ev: NetEvent, at: u64, gate: &mut RttGate) -> (Vec<Sto
                 listen_addrs,
                 at_ms: at,
             };
-            (vec![op], Some(Event::PeerIdentified { peer_id, agent, protocols }))
+            (
+                vec![op],
+                Some(Event::PeerIdentified {
+                    peer_id,
+                    agent,
+                    protocols,
+                }),
+            )
         }
         NetEvent::Rtt { peer_id, rtt_us } => {
             if let Some(conn) = core.live().connected.get_mut(&peer_id) {
                 conn.rtt_us = Some(rtt_us);
             }
             if gate.admit(&peer_id, rtt_us, Instant::now()) {
-                (vec![StoreOp::PeerRtt { peer_id: peer_id.clone(), rtt_us }], Some(Event::PeerRtt { peer_id, rtt_us }))
+                (
+                    vec![StoreOp::PeerRtt {
+                        peer_id: peer_id.clone(),
+                        rtt_us,
+                    }],
+                    Some(Event::PeerRtt { peer_id, rtt_us }),
+                )
             } else {
                 (Vec::new(), None)
             }
@@ -129,7 +181,10 @@ fn translate(core: &Core, ev: NetEvent, at: u64, gate: &mut RttGate) -> (Vec<Sto
 
 /// The discovery state to report before the network said anything.
 pub fn initial_discovery(mdns: bool, dht: bool) -> DiscoveryState {
-    DiscoveryState { mdns_enabled: mdns, dht_enabled: dht }
+    DiscoveryState {
+        mdns_enabled: mdns,
+        dht_enabled: dht,
+    }
 }
 
 #[cfg(test)]
@@ -138,7 +193,10 @@ mod tests {
 
     #[test]
     fn rtt_gate_reports_first_then_only_big_moves_after_the_interval() {
-        let mut g = RttGate { interval: Duration::from_secs(5), last: HashMap::new() };
+        let mut g = RttGate {
+            interval: Duration::from_secs(5),
+            last: HashMap::new(),
+        };
         let t0 = Instant::now();
         assert!(g.admit("p", 1000, t0));
         assert!(!g.admit("p", 5000, t0 + Duration::from_secs(1)), "inside the interval");

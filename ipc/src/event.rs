@@ -56,6 +56,20 @@ pub enum Event {
     DiscoveryChanged {
         state: DiscoveryState,
     },
+    /// A transfer was created or changed state.
+    TransferUpdated {
+        id: String,
+        direction: TransferDirection,
+        state: TransferState,
+        peer_id: String,
+    },
+    /// Bytes moved; sent at most a few times a second per transfer.
+    TransferProgress {
+        id: String,
+        bytes_done: u64,
+        bytes_total: u64,
+        rate_bps: u64,
+    },
 }
 
 impl Event {
@@ -67,8 +81,12 @@ impl Event {
             | Event::PeerDisconnected { peer_id, .. }
             | Event::PeerIdentified { peer_id, .. }
             | Event::PeerRtt { peer_id, .. }
-            | Event::PeerUpdated { peer_id, .. } => Some(peer_id),
-            Event::ListenAddrAdded { .. } | Event::ListenAddrRemoved { .. } | Event::DiscoveryChanged { .. } => None,
+            | Event::PeerUpdated { peer_id, .. }
+            | Event::TransferUpdated { peer_id, .. } => Some(peer_id),
+            Event::ListenAddrAdded { .. }
+            | Event::ListenAddrRemoved { .. }
+            | Event::DiscoveryChanged { .. }
+            | Event::TransferProgress { .. } => None,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod paths;
 pub mod service;
+pub mod transfer;
 pub mod types;
 
 pub use error::{ErrorCode, IpcError};

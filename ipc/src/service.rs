@@ -4,6 +4,7 @@
 
 use crate::error::IpcError;
 use crate::event::EventBatch;
+use crate::transfer::{NewTransfer, StagedDocument, TransferFilter, TransferInfo, UploadStart};
 use crate::types::{
     AuditRecord, ConnectOutcome, ConnectionRecord, DiscoveryChange, DiscoveryState, Hello, HistoryQuery, Metrics,
     PeerFilter, PeerInfo, Role, Status, Topology,
@@ -48,4 +49,27 @@ pub trait Control {
     /// Long poll: events with `seq > after`, waiting up to `wait_ms` for the first one.
     /// Callers must give the request a deadline longer than `wait_ms`.
     async fn events(after: u64, max: u32, wait_ms: u32) -> Result<EventBatch, IpcError>;
+
+    /// Begins streaming one document into the daemon (which may run as another user and must
+    /// not need to read the caller's files). Returns the upload id.
+    async fn upload_begin(start: UploadStart) -> Result<String, IpcError>;
+    /// Appends bytes at `offset` (at most `MAX_IPC_CHUNK`); returns the bytes held so far, so a
+    /// client that lost its connection continues from there.
+    async fn upload_chunk(upload_id: String, offset: u64, data: serde_bytes::ByteBuf) -> Result<u64, IpcError>;
+    /// Hashes the upload and stages it for `send_transfer`.
+    async fn upload_finish(upload_id: String) -> Result<StagedDocument, IpcError>;
+    /// Creates an outgoing transfer in the durable outbox; delivery proceeds in the background.
+    async fn send_transfer(transfer: NewTransfer) -> Result<TransferInfo, IpcError>;
+    async fn transfers(filter: TransferFilter) -> Result<Vec<TransferInfo>, IpcError>;
+    async fn transfer(id: String) -> Result<TransferInfo, IpcError>;
+    async fn cancel_transfer(id: String) -> Result<TransferInfo, IpcError>;
+    async fn accept_transfer(id: String) -> Result<TransferInfo, IpcError>;
+    async fn reject_transfer(id: String, reason: String) -> Result<TransferInfo, IpcError>;
+    /// Reads up to `max_len` (at most `MAX_IPC_CHUNK`) bytes of a received document at `offset`.
+    async fn download(
+        transfer_id: String,
+        document_id: String,
+        offset: u64,
+        max_len: u32,
+    ) -> Result<serde_bytes::ByteBuf, IpcError>;
 }

@@ -68,7 +68,17 @@ pub fn required_role(req: &ControlRequest) -> Role {
         | ControlRequest::History { .. }
         | ControlRequest::Topology { .. }
         | ControlRequest::Metrics { .. }
-        | ControlRequest::Events { .. } => Role::Web,
+        | ControlRequest::Events { .. }
+        | ControlRequest::UploadBegin { .. }
+        | ControlRequest::UploadChunk { .. }
+        | ControlRequest::UploadFinish { .. }
+        | ControlRequest::SendTransfer { .. }
+        | ControlRequest::Transfers { .. }
+        | ControlRequest::Transfer { .. }
+        | ControlRequest::CancelTransfer { .. }
+        | ControlRequest::AcceptTransfer { .. }
+        | ControlRequest::RejectTransfer { .. }
+        | ControlRequest::Download { .. } => Role::Web,
         ControlRequest::Ban { .. } | ControlRequest::Audit { .. } => Role::Operator,
     }
 }
@@ -91,6 +101,16 @@ pub fn method_name(req: &ControlRequest) -> &'static str {
         ControlRequest::Metrics { .. } => "metrics",
         ControlRequest::Audit { .. } => "audit",
         ControlRequest::Events { .. } => "events",
+        ControlRequest::UploadBegin { .. } => "upload_begin",
+        ControlRequest::UploadChunk { .. } => "upload_chunk",
+        ControlRequest::UploadFinish { .. } => "upload_finish",
+        ControlRequest::SendTransfer { .. } => "send_transfer",
+        ControlRequest::Transfers { .. } => "transfers",
+        ControlRequest::Transfer { .. } => "transfer",
+        ControlRequest::CancelTransfer { .. } => "cancel_transfer",
+        ControlRequest::AcceptTransfer { .. } => "accept_transfer",
+        ControlRequest::RejectTransfer { .. } => "reject_transfer",
+        ControlRequest::Download { .. } => "download",
     }
 }
 
@@ -103,6 +123,10 @@ pub fn is_audited(req: &ControlRequest) -> bool {
             | ControlRequest::Pin { .. }
             | ControlRequest::Ban { .. }
             | ControlRequest::Discovery { .. }
+            | ControlRequest::SendTransfer { .. }
+            | ControlRequest::CancelTransfer { .. }
+            | ControlRequest::AcceptTransfer { .. }
+            | ControlRequest::RejectTransfer { .. }
     )
 }
 
@@ -113,7 +137,21 @@ pub fn audit_detail(req: &ControlRequest) -> String {
         ControlRequest::Disconnect { peer_id } => peer_id.clone(),
         ControlRequest::Pin { peer_id, pinned } => format!("{peer_id} pinned={pinned}"),
         ControlRequest::Ban { peer_id, banned } => format!("{peer_id} banned={banned}"),
-        ControlRequest::Discovery { change } => format!("mdns={:?} bootstrap_now={}", change.mdns, change.bootstrap_now),
+        ControlRequest::Discovery { change } => {
+            format!("mdns={:?} bootstrap_now={}", change.mdns, change.bootstrap_now)
+        }
+        ControlRequest::SendTransfer { transfer } => format!(
+            "to {} ({} documents)",
+            transfer
+                .recipients
+                .iter()
+                .map(|r| r.peer_id.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            transfer.documents.len()
+        ),
+        ControlRequest::CancelTransfer { id } | ControlRequest::AcceptTransfer { id } => id.clone(),
+        ControlRequest::RejectTransfer { id, .. } => id.clone(),
         _ => String::new(),
     }
 }
@@ -129,16 +167,54 @@ mod tests {
             control_group: "firma-no-such-group".into(),
             web_users: vec![],
         };
-        assert_eq!(policy.role_of(&Caller { uid: 0, gid: 0, pid: None }), Some(Role::Operator));
-        assert_eq!(policy.role_of(&Caller { uid: 4242, gid: 1, pid: None }), Some(Role::Operator));
-        assert_eq!(policy.role_of(&Caller { uid: 65534, gid: 65534, pid: None }), None);
+        assert_eq!(
+            policy.role_of(&Caller {
+                uid: 0,
+                gid: 0,
+                pid: None
+            }),
+            Some(Role::Operator)
+        );
+        assert_eq!(
+            policy.role_of(&Caller {
+                uid: 4242,
+                gid: 1,
+                pid: None
+            }),
+            Some(Role::Operator)
+        );
+        assert_eq!(
+            policy.role_of(&Caller {
+                uid: 65534,
+                gid: 65534,
+                pid: None
+            }),
+            None
+        );
     }
 
     #[test]
     fn web_users_get_the_narrow_role() {
-        let policy = AccessPolicy { daemon_uid: 4242, control_group: "nogroup".into(), web_users: vec!["nobody".into()] };
-        assert_eq!(policy.role_of(&Caller { uid: 65534, gid: 65534, pid: None }), Some(Role::Web));
-        assert_eq!(required_role(&ControlRequest::Ban { peer_id: "x".into(), banned: true }), Role::Operator);
+        let policy = AccessPolicy {
+            daemon_uid: 4242,
+            control_group: "nogroup".into(),
+            web_users: vec!["nobody".into()],
+        };
+        assert_eq!(
+            policy.role_of(&Caller {
+                uid: 65534,
+                gid: 65534,
+                pid: None
+            }),
+            Some(Role::Web)
+        );
+        assert_eq!(
+            required_role(&ControlRequest::Ban {
+                peer_id: "x".into(),
+                banned: true
+            }),
+            Role::Operator
+        );
         assert_eq!(required_role(&ControlRequest::Status {}), Role::Web);
     }
 }

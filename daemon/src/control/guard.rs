@@ -42,6 +42,16 @@ fn denied(req: &ControlRequest, e: IpcError) -> ControlResponse {
         Q::Metrics { .. } => R::Metrics(Err(e)),
         Q::Audit { .. } => R::Audit(Err(e)),
         Q::Events { .. } => R::Events(Err(e)),
+        Q::UploadBegin { .. } => R::UploadBegin(Err(e)),
+        Q::UploadChunk { .. } => R::UploadChunk(Err(e)),
+        Q::UploadFinish { .. } => R::UploadFinish(Err(e)),
+        Q::SendTransfer { .. } => R::SendTransfer(Err(e)),
+        Q::Transfers { .. } => R::Transfers(Err(e)),
+        Q::Transfer { .. } => R::Transfer(Err(e)),
+        Q::CancelTransfer { .. } => R::CancelTransfer(Err(e)),
+        Q::AcceptTransfer { .. } => R::AcceptTransfer(Err(e)),
+        Q::RejectTransfer { .. } => R::RejectTransfer(Err(e)),
+        Q::Download { .. } => R::Download(Err(e)),
     }
 }
 
@@ -70,6 +80,16 @@ fn outcome(resp: &ControlResponse) -> String {
         R::Metrics(r) => code(r),
         R::Audit(r) => code(r),
         R::Events(r) => code(r),
+        R::UploadBegin(r) => code(r),
+        R::UploadChunk(r) => code(r),
+        R::UploadFinish(r) => code(r),
+        R::SendTransfer(r) => code(r),
+        R::Transfers(r) => code(r),
+        R::Transfer(r) => code(r),
+        R::CancelTransfer(r) => code(r),
+        R::AcceptTransfer(r) => code(r),
+        R::RejectTransfer(r) => code(r),
+        R::Download(r) => code(r),
     }
 }
 
@@ -102,7 +122,9 @@ impl Serve for Guarded {
             Counters::inc(&self.core.counters.rpc_denied);
             tracing::warn!(uid = self.conn.caller.uid, pid = ?self.conn.caller.pid, method, "control call denied for this connection's role");
             self.audit(method, audit_detail(&req), "denied".to_owned()).await;
-            let e = IpcError::denied(format!("`{method}` needs the operator role; this connection has the {have:?} role"));
+            let e = IpcError::denied(format!(
+                "`{method}` needs the operator role; this connection has the {have:?} role"
+            ));
             return Ok(denied(&req, e));
         }
         let audited = is_audited(&req).then(|| audit_detail(&req));

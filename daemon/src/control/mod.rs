@@ -40,7 +40,10 @@ impl PerUid {
             return None;
         }
         *n += 1;
-        Some(UidSlot { owner: self.clone(), uid })
+        Some(UidSlot {
+            owner: self.clone(),
+            uid,
+        })
     }
 }
 
@@ -90,10 +93,20 @@ pub async fn serve(
         };
         let Ok(permit) = total.clone().try_acquire_owned() else {
             Counters::inc(&core.counters.control_refused);
-            tracing::warn!(max = cfg.max_connections, "control connection refused: too many open connections");
+            tracing::warn!(
+                max = cfg.max_connections,
+                "control connection refused: too many open connections"
+            );
             continue;
         };
-        conns.spawn(handle(stream, core.clone(), policy.clone(), per_uid.clone(), cfg.clone(), permit));
+        conns.spawn(handle(
+            stream,
+            core.clone(),
+            policy.clone(),
+            per_uid.clone(),
+            cfg.clone(),
+            permit,
+        ));
     }
     conns.shutdown().await;
     drop(socket);
@@ -132,12 +145,24 @@ async fn handle(
         tracing::warn!("peer credentials lack a uid/gid; closing the connection");
         return;
     };
-    let caller = Caller { uid, gid, pid: creds.pid() };
+    let caller = Caller {
+        uid,
+        gid,
+        pid: creds.pid(),
+    };
     let p = policy.clone();
-    let role = tokio::task::spawn_blocking(move || p.role_of(&caller)).await.ok().flatten();
+    let role = tokio::task::spawn_blocking(move || p.role_of(&caller))
+        .await
+        .ok()
+        .flatten();
     let Some(role) = role else {
         drop(stream);
-        refuse(&core, caller, "uid is not root, the daemon's user, or in the control group").await;
+        refuse(
+            &core,
+            caller,
+            "uid is not root, the daemon's user, or in the control group",
+        )
+        .await;
         return;
     };
     let Some(_slot) = per_uid.try_take(uid, cfg.max_connections_per_uid) else {
@@ -145,10 +170,19 @@ async fn handle(
         refuse(&core, caller, "too many control connections from this uid").await;
         return;
     };
-    core.counters.control_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    core.counters
+        .control_open
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let conn = Arc::new(ConnInfo::new(caller, role));
-    let service = ControlService { core: core.clone(), conn: conn.clone() };
-    let guarded = Guarded { inner: service.serve(), core: core.clone(), conn };
+    let service = ControlService {
+        core: core.clone(),
+        conn: conn.clone(),
+    };
+    let guarded = Guarded {
+        inner: service.serve(),
+        core: core.clone(),
+        conn,
+    };
     let transport = firma_ipc::codec::transport(stream);
     BaseChannel::with_defaults(transport)
         .max_concurrent_requests(cfg.max_in_flight as usize)
@@ -157,5 +191,7 @@ async fn handle(
             tokio::spawn(response);
         })
         .await;
-    core.counters.control_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    core.counters
+        .control_open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }

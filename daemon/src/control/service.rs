@@ -39,10 +39,18 @@ fn role_to_u8(r: Role) -> u8 {
 
 impl ConnInfo {
     pub fn new(caller: Caller, allowed: Role) -> Self {
-        Self { caller, allowed, granted: AtomicU8::new(role_to_u8(allowed)) }
+        Self {
+            caller,
+            allowed,
+            granted: AtomicU8::new(role_to_u8(allowed)),
+        }
     }
     pub fn granted(&self) -> Role {
-        if self.granted.load(Ordering::Acquire) == 0 { Role::Web } else { Role::Operator }
+        if self.granted.load(Ordering::Acquire) == 0 {
+            Role::Web
+        } else {
+            Role::Operator
+        }
     }
     fn narrow(&self, want: Role) -> Role {
         self.granted.fetch_min(role_to_u8(want), Ordering::AcqRel);
@@ -58,7 +66,9 @@ pub struct ControlService {
 
 fn check_peer_id(peer_id: &str) -> Result<(), IpcError> {
     if peer_id.is_empty() || peer_id.len() > 128 || !peer_id.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(IpcError::invalid(format!("`{peer_id}` is not a peer id (expected base58, e.g. 12D3KooW...)")));
+        return Err(IpcError::invalid(format!(
+            "`{peer_id}` is not a peer id (expected base58, e.g. 12D3KooW...)"
+        )));
     }
     Ok(())
 }
@@ -77,13 +87,22 @@ impl ControlService {
     async fn discovery_state(&self) -> DiscoveryState {
         match self.core.live().discovery {
             Some(d) => d,
-            None => DiscoveryState { mdns_enabled: false, dht_enabled: false },
+            None => DiscoveryState {
+                mdns_enabled: false,
+                dht_enabled: false,
+            },
         }
     }
 }
 
 impl Control for ControlService {
-    async fn hello(self, _: Context, client_api_version: u32, client_name: String, want_role: Role) -> Result<Hello, IpcError> {
+    async fn hello(
+        self,
+        _: Context,
+        client_api_version: u32,
+        client_name: String,
+        want_role: Role,
+    ) -> Result<Hello, IpcError> {
         let role = self.conn.narrow(want_role);
         tracing::debug!(client = %client_name.chars().take(64).collect::<String>(), client_api_version, ?role, uid = self.conn.caller.uid, "control client said hello");
         Ok(Hello {
@@ -118,7 +137,13 @@ impl Control for ControlService {
 
     async fn peers(self, _: Context, filter: PeerFilter) -> Result<Vec<PeerInfo>, IpcError> {
         let records = self.core.read(|s| s.list_peers()).await?;
-        let live = self.core.live().connected.keys().cloned().collect::<std::collections::HashSet<_>>();
+        let live = self
+            .core
+            .live()
+            .connected
+            .keys()
+            .cloned()
+            .collect::<std::collections::HashSet<_>>();
         Ok(records
             .into_iter()
             .map(|r| {
@@ -153,11 +178,22 @@ impl Control for ControlService {
     async fn pin(self, _: Context, peer_id: String, pinned: bool) -> Result<PeerInfo, IpcError> {
         check_peer_id(&peer_id)?;
         self.core.net.set_redial(peer_id.clone(), pinned).await?;
-        self.core.writer.send(StoreOp::SetPinned { peer_id: peer_id.clone(), pinned }).await.map_err(crate::core::store_error)?;
+        self.core
+            .writer
+            .send(StoreOp::SetPinned {
+                peer_id: peer_id.clone(),
+                pinned,
+            })
+            .await
+            .map_err(crate::core::store_error)?;
         self.core.writer.flush().await.map_err(crate::core::store_error)?;
         let info = self.peer_info(peer_id.clone()).await?;
         self.core.events.append(
-            firma_ipc::event::Event::PeerUpdated { peer_id, pinned: info.pinned, banned: info.banned },
+            firma_ipc::event::Event::PeerUpdated {
+                peer_id,
+                pinned: info.pinned,
+                banned: info.banned,
+            },
             crate::core::now_ms(),
         );
         Ok(info)
@@ -166,11 +202,22 @@ impl Control for ControlService {
     async fn ban(self, _: Context, peer_id: String, banned: bool) -> Result<PeerInfo, IpcError> {
         check_peer_id(&peer_id)?;
         self.core.net.set_banned(peer_id.clone(), banned).await?;
-        self.core.writer.send(StoreOp::SetBanned { peer_id: peer_id.clone(), banned }).await.map_err(crate::core::store_error)?;
+        self.core
+            .writer
+            .send(StoreOp::SetBanned {
+                peer_id: peer_id.clone(),
+                banned,
+            })
+            .await
+            .map_err(crate::core::store_error)?;
         self.core.writer.flush().await.map_err(crate::core::store_error)?;
         let info = self.peer_info(peer_id.clone()).await?;
         self.core.events.append(
-            firma_ipc::event::Event::PeerUpdated { peer_id, pinned: info.pinned, banned: info.banned },
+            firma_ipc::event::Event::PeerUpdated {
+                peer_id,
+                pinned: info.pinned,
+                banned: info.banned,
+            },
             crate::core::now_ms(),
         );
         Ok(info)
@@ -197,21 +244,37 @@ impl Control for ControlService {
             check_peer_id(p)?;
         }
         let limit = query.limit.clamp(1, MAX_RECORDS) as usize;
-        self.core.read(move |s| s.history(query.peer_id.as_deref(), limit)).await
+        self.core
+            .read(move |s| s.history(query.peer_id.as_deref(), limit))
+            .await
     }
 
     async fn topology(self, _: Context) -> Result<Topology, IpcError> {
         let records = self.core.read(|s| s.list_peers()).await?;
         let live = self.core.live().connected.clone();
         let local = self.core.peer_id.clone();
-        let mut nodes = vec![TopologyNode { peer_id: local.clone(), local: true, connected: true, agent: Some(format!("firma-transportd/{}", env!("CARGO_PKG_VERSION"))) }];
+        let mut nodes = vec![TopologyNode {
+            peer_id: local.clone(),
+            local: true,
+            connected: true,
+            agent: Some(format!("firma-transportd/{}", env!("CARGO_PKG_VERSION"))),
+        }];
         let mut edges = Vec::new();
         for r in records {
             let conn = live.get(&r.peer_id);
             if let Some(c) = conn {
-                edges.push(TopologyEdge { from: local.clone(), to: r.peer_id.clone(), rtt_us: c.rtt_us.or(r.last_rtt_us) });
+                edges.push(TopologyEdge {
+                    from: local.clone(),
+                    to: r.peer_id.clone(),
+                    rtt_us: c.rtt_us.or(r.last_rtt_us),
+                });
             }
-            nodes.push(TopologyNode { peer_id: r.peer_id, local: false, connected: conn.is_some(), agent: r.agent });
+            nodes.push(TopologyNode {
+                peer_id: r.peer_id,
+                local: false,
+                connected: conn.is_some(),
+                agent: r.agent,
+            });
         }
         Ok(Topology { nodes, edges })
     }
@@ -221,24 +284,94 @@ impl Control for ControlService {
         let c = &self.core.counters;
         let known = self.core.read(|s| s.list_peers()).await.map(|p| p.len()).unwrap_or(0);
         let store = self.core.store.status();
-        let m = |name: &str, help: &str, kind: MetricKind, value: f64| Metric { name: name.to_owned(), help: help.to_owned(), kind, value };
+        let m = |name: &str, help: &str, kind: MetricKind, value: f64| Metric {
+            name: name.to_owned(),
+            help: help.to_owned(),
+            kind,
+            value,
+        };
         use MetricKind::{Counter, Gauge};
         Ok(Metrics {
             metrics: vec![
-                m("firma_connections_opened_total", "P2P connections opened", Counter, c.connections_opened.load(Relaxed) as f64),
-                m("firma_connections_closed_total", "P2P peers that lost their last connection", Counter, c.connections_closed.load(Relaxed) as f64),
-                m("firma_dial_failures_total", "Outgoing dials that failed", Counter, c.dial_failures.load(Relaxed) as f64),
-                m("firma_control_calls_total", "Control API calls served", Counter, c.rpc_calls.load(Relaxed) as f64),
-                m("firma_control_denied_total", "Control API calls refused for the caller's role", Counter, c.rpc_denied.load(Relaxed) as f64),
-                m("firma_control_refused_connections_total", "Control connections closed for their credentials or limits", Counter, c.control_refused.load(Relaxed) as f64),
-                m("firma_store_errors_total", "Store reads or writes that failed", Counter, c.store_errors.load(Relaxed) as f64),
-                m("firma_connected_peers", "Peers with an open connection", Gauge, self.core.live().connected.len() as f64),
+                m(
+                    "firma_connections_opened_total",
+                    "P2P connections opened",
+                    Counter,
+                    c.connections_opened.load(Relaxed) as f64,
+                ),
+                m(
+                    "firma_connections_closed_total",
+                    "P2P peers that lost their last connection",
+                    Counter,
+                    c.connections_closed.load(Relaxed) as f64,
+                ),
+                m(
+                    "firma_dial_failures_total",
+                    "Outgoing dials that failed",
+                    Counter,
+                    c.dial_failures.load(Relaxed) as f64,
+                ),
+                m(
+                    "firma_control_calls_total",
+                    "Control API calls served",
+                    Counter,
+                    c.rpc_calls.load(Relaxed) as f64,
+                ),
+                m(
+                    "firma_control_denied_total",
+                    "Control API calls refused for the caller's role",
+                    Counter,
+                    c.rpc_denied.load(Relaxed) as f64,
+                ),
+                m(
+                    "firma_control_refused_connections_total",
+                    "Control connections closed for their credentials or limits",
+                    Counter,
+                    c.control_refused.load(Relaxed) as f64,
+                ),
+                m(
+                    "firma_store_errors_total",
+                    "Store reads or writes that failed",
+                    Counter,
+                    c.store_errors.load(Relaxed) as f64,
+                ),
+                m(
+                    "firma_connected_peers",
+                    "Peers with an open connection",
+                    Gauge,
+                    self.core.live().connected.len() as f64,
+                ),
                 m("firma_known_peers", "Peers in the store", Gauge, known as f64),
-                m("firma_control_connections", "Open control connections", Gauge, c.control_open.load(Relaxed) as f64),
-                m("firma_event_head", "Sequence number of the newest event", Gauge, self.core.events.head() as f64),
-                m("firma_uptime_seconds", "Seconds since the daemon started", Gauge, self.core.started.elapsed().as_secs_f64()),
-                m("firma_store_used_bytes", "Bytes used in the LMDB map", Gauge, store.used_bytes as f64),
-                m("firma_store_map_bytes", "Size of the LMDB map", Gauge, store.map_size_bytes as f64),
+                m(
+                    "firma_control_connections",
+                    "Open control connections",
+                    Gauge,
+                    c.control_open.load(Relaxed) as f64,
+                ),
+                m(
+                    "firma_event_head",
+                    "Sequence number of the newest event",
+                    Gauge,
+                    self.core.events.head() as f64,
+                ),
+                m(
+                    "firma_uptime_seconds",
+                    "Seconds since the daemon started",
+                    Gauge,
+                    self.core.started.elapsed().as_secs_f64(),
+                ),
+                m(
+                    "firma_store_used_bytes",
+                    "Bytes used in the LMDB map",
+                    Gauge,
+                    store.used_bytes as f64,
+                ),
+                m(
+                    "firma_store_map_bytes",
+                    "Size of the LMDB map",
+                    Gauge,
+                    store.map_size_bytes as f64,
+                ),
             ],
         })
     }

@@ -40,7 +40,10 @@ pub fn ensure_socket_dir(dir: &Path) -> anyhow::Result<()> {
     match fs::metadata(dir) {
         Ok(meta) => {
             if !meta.is_dir() {
-                bail!("{} exists and is not a directory; remove it or choose another --socket", dir.display());
+                bail!(
+                    "{} exists and is not a directory; remove it or choose another --socket",
+                    dir.display()
+                );
             }
             let mode = meta.permissions().mode() & 0o7777;
             if mode & 0o002 != 0 && mode & 0o1000 == 0 {
@@ -77,7 +80,11 @@ fn take_lock(socket: &Path) -> anyhow::Result<InstanceLock> {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             let holder = holder.trim();
-            let who = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+            let who = if holder.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {holder})")
+            };
             bail!(
                 "another firma-transportd{who} already uses {}: its lock {} is held. Stop it first (`firmactl --socket {} status` shows it), or give this one another --socket and --state-dir",
                 socket.display(),
@@ -93,15 +100,58 @@ fn take_lock(socket: &Path) -> anyhow::Result<InstanceLock> {
     Ok(InstanceLock { _lock: lock, path })
 }
 
+/// The control socket handed over by a service manager (systemd socket activation, `LISTEN_FDS`),
+/// if any. Call before the async runtime starts: it clears `LISTEN_FDS`/`LISTEN_PID`.
+pub fn take_inherited() -> anyhow::Result<Option<std::os::unix::net::UnixListener>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let Some(fd) = sd_notify::listen_fds().context("reading LISTEN_FDS")?.next() else {
+        return Ok(None);
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: sd_listen_fds hands us fd 3 (SD_LISTEN_FDS_START) for this pid only (LISTEN_PID was
+    // checked); nothing else in the process owns or closes it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let listener = std::os::unix::net::UnixListener::from(owned);
+    listener
+        .local_addr()
+        .context("the socket passed in LISTEN_FDS is not a Unix stream socket")?;
+    Ok(Some(listener))
+}
+
+/// Serves on a socket the service manager bound (mode and directory are its business), still
+/// under our lock so that a second daemon on the same path is refused.
+pub fn adopt(path: &Path, inherited: std::os::unix::net::UnixListener) -> anyhow::Result<ControlSocket> {
+    let lock = take_lock(path)?;
+    inherited
+        .set_nonblocking(true)
+        .context("setting the inherited control socket non-blocking")?;
+    let sync = interprocess::os::unix::uds_local_socket::Listener::from(inherited);
+    let uds: interprocess::os::unix::uds_local_socket::tokio::Listener = sync
+        .try_into()
+        .context("registering the inherited control socket with the runtime")?;
+    let listener = Listener::from(uds);
+    Ok(ControlSocket {
+        listener,
+        path: path.to_owned(),
+        lock,
+    })
+}
+
 /// Binds the control socket at `path`, or explains exactly why it cannot.
 pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     ensure_socket_dir(dir)?;
     let lock = take_lock(path)?;
     if let Ok(meta) = fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
-            bail!("{} exists and is not a socket; remove it or choose another --socket", path.display());
+            bail!(
+                "{} exists and is not a socket; remove it or choose another --socket",
+                path.display()
+            );
         }
         // We hold the lock, so a daemon that answers here ignores locks (an old version, or a
         // different lock path): never unlink a live socket.
@@ -123,7 +173,11 @@ pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
         .reclaim_name(true)
         .create_tokio()
         .with_context(|| format!("binding control socket {}", path.display()))?;
-    Ok(ControlSocket { listener, path: path.to_owned(), lock })
+    Ok(ControlSocket {
+        listener,
+        path: path.to_owned(),
+        lock,
+    })
 }
 
 #[cfg(test)]

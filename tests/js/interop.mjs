@@ -1,0 +1,153 @@
+// A js-libp2p 2.x node driven over stdin/stdout, so the Rust suites can check that
+// firma-transportd speaks the same TCP + Noise + Yamux + identify + ping as upstream Firma-Sign.
+//
+// Usage: node interop.mjs [--listen MULTIADDR] [--agent NAME/VERSION]
+// Writes JSON lines on stdout:
+//   {"event":"listening","peer_id":...,"addrs":[...]}           once, when ready
+//   {"event":"connection_open","peer_id":...,"direction":...,"remote_addr":...}
+//   {"event":"identify","peer_id":...,"agent":...,"protocol_version":...,"protocols":[...]}
+//   {"id":N,"ok":true|false,...}                                 the answer to command N
+// Reads JSON lines on stdin, one command each:
+//   {"id":1,"cmd":"dial","addr":"/ip4/.../p2p/..."}
+//   {"id":2,"cmd":"ping","addr":"..."}       or {"id":2,"cmd":"ping","peer_id":"..."}
+//   {"id":3,"cmd":"peer","peer_id":"..."}    what identify told us about a peer
+//   {"id":4,"cmd":"stop"}
+// The process stops when stdin closes, so a parent that dies never leaves it behind.
+
+// Node 20 lacks Promise.withResolvers, which parts of js-libp2p 2.x call.
+if (typeof Promise.withResolvers !== 'function') {
+  Promise.withResolvers = function withResolvers() {
+    let resolve;
+    let reject;
+    const promise = new Promise((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    return { promise, resolve, reject };
+  };
+}
+
+const { createLibp2p } = await import('libp2p');
+const { tcp } = await import('@libp2p/tcp');
+const { noise } = await import('@chainsafe/libp2p-noise');
+const { yamux } = await import('@chainsafe/libp2p-yamux');
+const { identify } = await import('@libp2p/identify');
+const { ping } = await import('@libp2p/ping');
+const { multiaddr } = await import('@multiformats/multiaddr');
+const { peerIdFromString } = await import('@libp2p/peer-id');
+const readline = await import('node:readline');
+
+function arg(name, fallback) {
+  const i = process.argv.indexOf(name);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
+}
+
+const listen = arg('--listen', '/ip4/127.0.0.1/tcp/0');
+const [agentName, agentVersion] = arg('--agent', 'firma-js-interop/1.0.0').split('/');
+
+function emit(obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n');
+}
+
+const node = await createLibp2p({
+  addresses: { listen: [listen] },
+  transports: [tcp()],
+  connectionEncrypters: [noise()],
+  streamMuxers: [yamux()],
+  nodeInfo: { name: agentName, version: agentVersion ?? '0.0.0', userAgent: `${agentName}/${agentVersion}` },
+  services: {
+    identify: identify(),
+    ping: ping(),
+  },
+});
+
+node.addEventListener('connection:open', (evt) => {
+  const c = evt.detail;
+  emit({
+    event: 'connection_open',
+    peer_id: c.remotePeer.toString(),
+    direction: c.direction,
+    remote_addr: c.remoteAddr.toString(),
+  });
+});
+
+node.addEventListener('peer:identify', (evt) => {
+  const r = evt.detail;
+  emit({
+    event: 'identify',
+    peer_id: r.peerId.toString(),
+    agent: r.agentVersion ?? null,
+    protocol_version: r.protocolVersion ?? null,
+    protocols: r.protocols ?? [],
+  });
+});
+
+async function target(cmd) {
+  if (cmd.addr) return multiaddr(cmd.addr);
+  if (cmd.peer_id) return peerIdFromString(cmd.peer_id);
+  throw new Error('command needs "addr" or "peer_id"');
+}
+
+async function handle(cmd) {
+  switch (cmd.cmd) {
+    case 'dial': {
+      const conn = await node.dial(await target(cmd), { signal: AbortSignal.timeout(10_000) });
+      return { peer_id: conn.remotePeer.toString(), remote_addr: conn.remoteAddr.toString() };
+    }
+    case 'ping': {
+      const rtt = await node.services.ping.ping(await target(cmd), { signal: AbortSignal.timeout(10_000) });
+      return { rtt_ms: rtt };
+    }
+    case 'peer': {
+      const peer = await node.peerStore.get(peerIdFromString(cmd.peer_id));
+      const agent = peer.metadata.get('AgentVersion');
+      return {
+        peer_id: cmd.peer_id,
+        agent: agent ? new TextDecoder().decode(agent) : null,
+        protocols: peer.protocols,
+        connected: node.getConnections(peerIdFromString(cmd.peer_id)).length > 0,
+      };
+    }
+    case 'stop':
+      return {};
+    default:
+      throw new Error(`unknown command ${JSON.stringify(cmd.cmd)}`);
+  }
+}
+
+let stopping = false;
+async function stop(code) {
+  if (stopping) return;
+  stopping = true;
+  await node.stop();
+  process.exit(code);
+}
+
+process.on('SIGTERM', () => stop(0));
+process.on('SIGINT', () => stop(0));
+
+emit({
+  event: 'listening',
+  peer_id: node.peerId.toString(),
+  addrs: node.getMultiaddrs().map((a) => a.toString()),
+});
+
+const lines = readline.createInterface({ input: process.stdin });
+lines.on('line', async (line) => {
+  if (line.trim() === '') return;
+  let cmd;
+  try {
+    cmd = JSON.parse(line);
+  } catch (e) {
+    emit({ id: null, ok: false, error: `not JSON: ${e.message}` });
+    return;
+  }
+  try {
+    const result = await handle(cmd);
+    emit({ id: cmd.id ?? null, ok: true, ...result });
+    if (cmd.cmd === 'stop') await stop(0);
+  } catch (e) {
+    emit({ id: cmd.id ?? null, ok: false, error: String(e?.message ?? e) });
+  }
+});
+lines.on('close', () => stop(0));

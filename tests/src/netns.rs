@@ -1,0 +1,82 @@
+//! Two network namespaces joined by a veth pair, so that daemons can run mDNS against each other
+//! without a single multicast packet in the machine's own namespace. The addresses (10.x) exist
+//! only on the veth ends inside the namespaces. Dropping a [`NetnsPair`] deletes both namespaces
+//! (and with them the veth pair), also when the test failed.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, bail};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// One end: a namespace, its veth and its address.
+#[derive(Debug, Clone)]
+pub struct NetnsEnd {
+    pub ns: String,
+    pub veth: String,
+    pub addr: String,
+}
+
+impl NetnsEnd {
+    /// The command prefix that runs a program inside this namespace (it execs the program, so
+    /// the child's pid is the program's own).
+    pub fn wrapper(&self) -> Vec<String> {
+        vec!["ip".into(), "netns".into(), "exec".into(), self.ns.clone()]
+    }
+}
+
+pub struct NetnsPair {
+    pub a: NetnsEnd,
+    pub b: NetnsEnd,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output().with_context(|| format!("running ip {args:?}"))?;
+    if !out.status.success() {
+        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl NetnsPair {
+    /// Create the pair, or `Ok(None)` with the reason printed when this machine cannot
+    /// (not root, no `ip`, no namespace support): the caller then skips its test.
+    pub fn create() -> anyhow::Result<Option<NetnsPair>> {
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIP: network namespaces need root");
+            return Ok(None);
+        }
+        // pid + counter: unique across concurrently running test processes; veth names stay <= 15 chars.
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}x{n}", std::process::id());
+        let a = NetnsEnd { ns: format!("firma-e2e-{tag}-a"), veth: format!("fv{tag}a"), addr: "10.250.0.1".into() };
+        let b = NetnsEnd { ns: format!("firma-e2e-{tag}-b"), veth: format!("fv{tag}b"), addr: "10.250.0.2".into() };
+        if let Err(e) = ip(&["netns", "add", &a.ns]) {
+            println!("SKIP: cannot create a network namespace here: {e:#}");
+            return Ok(None);
+        }
+        // From here on the guard exists, so any failure below still removes what was made.
+        let pair = NetnsPair { a, b };
+        ip(&["netns", "add", &pair.b.ns])?;
+        let (a, b) = (&pair.a, &pair.b);
+        ip(&["-n", &a.ns, "link", "add", &a.veth, "type", "veth", "peer", "name", &b.veth, "netns", &b.ns])?;
+        for end in [a, b] {
+            ip(&["-n", &end.ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", &end.ns, "addr", "add", &format!("{}/30", end.addr), "dev", &end.veth])?;
+            ip(&["-n", &end.ns, "link", "set", &end.veth, "multicast", "on"])?;
+            ip(&["-n", &end.ns, "link", "set", &end.veth, "up"])?;
+        }
+        Ok(Some(pair))
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for end in [&self.a, &self.b] {
+            if let Err(e) = ip(&["netns", "del", &end.ns]) {
+                eprintln!("could not delete network namespace {}: {e:#}", end.ns);
+            }
+        }
+    }
+}

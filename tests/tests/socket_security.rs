@@ -1,0 +1,158 @@
+//! The control socket as an attack surface: file modes, a uid that is not allowed, garbage and
+//! hostile length prefixes, and a second daemon on the same socket and state.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use firma_ipc::client::{CALL_TIMEOUT, ctx};
+use firma_tests::harness::flatten;
+use firma_tests::{Daemon, DaemonOpts, wait_for};
+use rand::RngCore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+const NOBODY: u32 = 65534;
+
+fn mode(path: &std::path::Path) -> anyhow::Result<u32> {
+    Ok(std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?.permissions().mode() & 0o7777)
+}
+
+/// Run sockprobe against `socket` as uid/gid `NOBODY`; its JSON line.
+async fn probe_as_nobody(socket: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sockprobe"));
+    // As root, std also clears the supplementary groups when a uid is set.
+    cmd.arg(socket).uid(NOBODY).gid(NOBODY);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| format!("sockprobe said {text:?} {:?}", out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_modes_and_foreign_uid_refused() -> anyhow::Result<()> {
+    let d = Daemon::spawn(DaemonOpts { world_traversable: true, ..DaemonOpts::named("perm") }).await?;
+    let dir = d.socket().parent().context("socket has no parent")?;
+    ensure!(mode(dir)? == 0o750, "socket dir mode {:o}", mode(dir)?);
+    ensure!(mode(d.socket())? == 0o660, "socket mode {:o}", mode(d.socket())?);
+    ensure!(mode(d.state_dir())? == 0o700, "state dir mode {:o}", mode(d.state_dir())?);
+    let key = d.state_dir().join("identity.key");
+    ensure!(mode(&key)? == 0o600, "identity.key mode {:o}", mode(&key)?);
+
+    // With the daemon's modes, nobody cannot even reach the socket.
+    let p = probe_as_nobody(d.socket()).await?;
+    ensure!(p["connect"].as_str().is_some_and(|s| s.starts_with("error")), "nobody connected through 0750: {p}");
+
+    // Loosen the file modes on purpose: the daemon's own credential check must still refuse.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666))?;
+    let p = probe_as_nobody(d.socket()).await?;
+    ensure!(p["uid"] == NOBODY, "probe did not run as nobody: {p}");
+    ensure!(p["connect"] == "ok", "probe could not connect through loosened modes: {p}");
+    ensure!(p["read"] != "timeout" && !p["read"].as_str().is_some_and(|s| s.starts_with("data")), "nobody got an answer or was kept open: {p}");
+
+    let conn = d.client().await?;
+    wait_for(Duration::from_secs(5), "an audit record of the refused uid", || async {
+        flatten(conn.client.audit(ctx(CALL_TIMEOUT), 50).await)
+            .is_ok_and(|recs| recs.iter().any(|r| r.uid == NOBODY && r.action == "connect-refused"))
+    })
+    .await?;
+    ensure!(d.status().await.is_ok(), "daemon stopped answering after the refusal");
+    Ok(())
+}
+
+/// Write `bytes` on a fresh connection and require the daemon to close it within 10 s.
+async fn expect_closed(d: &Daemon, what: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut s = UnixStream::connect(d.socket()).await?;
+    // The write may fail half-way once the daemon has already hung up; that is a close too.
+    let _ = s.write_all(bytes).await;
+    // Meanwhile other clients are served.
+    ensure!(d.status().await.is_ok(), "status failed while a {what} connection was open");
+    let mut buf = vec![0u8; 64 * 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    ensure!(closed.is_ok(), "daemon kept a {what} connection open for 10 s");
+    Ok(())
+}
+
+fn vm_rss_kib(d: &Daemon) -> anyhow::Result<u64> {
+    let st = d.proc_status()?;
+    let line = st.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("bad VmRSS")?.parse()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_huge_frames_leave_daemon_serving() -> anyhow::Result<()> {
+    let d = Daemon::spawn(DaemonOpts::named("garbage")).await?;
+    let rss_before = vm_rss_kib(&d)?;
+    let mut rng = rand::thread_rng();
+
+    // A plausible length with random content: the decoder must fail, not the daemon.
+    let mut body = vec![0u8; 60 * 1024];
+    rng.fill_bytes(&mut body);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    expect_closed(&d, "random-frame", &frame).await?;
+
+    // A 4 GiB length prefix must be refused before anything is allocated.
+    let mut huge = 0xFFFF_FFFFu32.to_be_bytes().to_vec();
+    huge.extend_from_slice(&body[..4096]);
+    expect_closed(&d, "4 GiB prefix", &huge).await?;
+    // Just over the 1 MiB cap, too.
+    let over = ((firma_ipc::MAX_FRAME + 1) as u32).to_be_bytes();
+    expect_closed(&d, "over-cap prefix", &over).await?;
+
+    // Pure noise, several times.
+    for _ in 0..5 {
+        let mut noise = vec![0u8; 8 * 1024];
+        rng.fill_bytes(&mut noise);
+        // A random prefix below the cap would wait for more bytes; force one above it.
+        noise[0] = 0xFF;
+        expect_closed(&d, "noise", &noise).await?;
+    }
+
+    let rss_after = vm_rss_kib(&d)?;
+    ensure!(rss_after < rss_before + 64 * 1024, "RSS grew from {rss_before} KiB to {rss_after} KiB");
+    let mut d = d;
+    ensure!(d.is_running(), "daemon died");
+    let st = d.status().await?;
+    ensure!(st.peer_id == d.peer_id(), "a different daemon answers");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_daemon_on_same_socket_and_state_fails_clearly() -> anyhow::Result<()> {
+    let first = Daemon::spawn(DaemonOpts::named("first")).await?;
+    let opts = DaemonOpts {
+        state_dir: Some(first.state_dir().to_owned()),
+        socket: Some(first.socket().to_owned()),
+        ready_timeout: Duration::from_secs(20),
+        ..DaemonOpts::named("second")
+    };
+    let mut second = Daemon::launch(opts)?;
+    let st = second.wait_exit(Duration::from_secs(20)).await?;
+    ensure!(!st.success(), "second daemon exited with {st}");
+    let log = second.log();
+    let names_it = log.contains(&*first.socket().to_string_lossy()) || log.contains(&*first.state_dir().to_string_lossy());
+    ensure!(names_it, "second daemon's error names neither the socket nor the state dir:\n{log}");
+    ensure!(log.to_lowercase().contains("already"), "second daemon's error does not say another one is running:\n{log}");
+    // The first one is untouched.
+    ensure!(first.socket().exists(), "the second daemon removed the first one's socket");
+    ensure!(first.status().await?.peer_id == first.peer_id(), "first daemon no longer answers");
+
+    // The same with only the socket shared (a different state dir).
+    let opts = DaemonOpts { socket: Some(first.socket().to_owned()), ..DaemonOpts::named("third") };
+    let mut third = Daemon::launch(opts)?;
+    let st = third.wait_exit(Duration::from_secs(20)).await?;
+    ensure!(!st.success(), "daemon on a taken socket exited with {st}");
+    ensure!(third.log().contains(&*first.socket().to_string_lossy()), "error does not name the socket:\n{}", third.log());
+    ensure!(first.status().await.is_ok(), "first daemon no longer answers");
+    Ok(())
+}
