@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::transfer::{TransferDirection, TransferState};
 use crate::types::{AddrSource, Direction, DiscoveryState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
