@@ -1,0 +1,119 @@
+//! The composition of libp2p behaviours and the swarm built around it. No logic lives here: the
+//! event loop decides what to do with what these behaviours report.
+//!
+//! Field order matters: the swarm asks behaviours in declaration order whether to accept a
+//! connection, so the ban list and the limits refuse before anyone else spends work on it.
+
+use anyhow::Context as _;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify,
+    identity::Keypair, kad, mdns, memory_connection_limits, noise, ping, tcp, yamux,
+};
+
+use crate::config::{LimitsConfig, NetworkConfig};
+
+/// The identify protocol, as every libp2p implementation (js-libp2p included) speaks it.
+pub(crate) const IDENTIFY_PROTOCOL: &str = "/ipfs/id/1.0.0";
+/// The public Kademlia protocol, shared with upstream js-libp2p nodes.
+pub(crate) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/kad/1.0.0");
+/// How long one DHT lookup may run; the handle's deadline is a little longer.
+pub(crate) const KAD_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What this node tells peers it runs (identify's agent string).
+pub(crate) fn agent_version() -> String {
+    format!("firma-transportd/{}", env!("CARGO_PKG_VERSION"))
+}
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) banned: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub(crate) limits: connection_limits::Behaviour,
+    /// Replaced wholesale on reload: it has no per-connection state, so nothing is dropped.
+    pub(crate) memory: memory_connection_limits::Behaviour,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    /// Switched at runtime by replacing the inner value (mDNS keeps no per-connection state).
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Off when `network.dht` is false; changing that needs a restart.
+    pub(crate) kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+}
+
+/// Builds the swarm: TCP (nodelay) and QUIC, Noise, Yamux, and the behaviours above.
+pub(crate) fn build_swarm(
+    keypair: Keypair,
+    cfg: &NetworkConfig,
+) -> anyhow::Result<Swarm<Behaviour>> {
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .context("setting up the TCP transport with Noise and Yamux")?
+        .with_quic()
+        .with_behaviour(
+            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let local = key.public().to_peer_id();
+                Ok(Behaviour {
+                    banned: allow_block_list::Behaviour::default(),
+                    limits: connection_limits::Behaviour::new(connection_limits(&cfg.limits)),
+                    memory: memory_limits(&cfg.limits),
+                    identify: identify::Behaviour::new(
+                        identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                            .with_agent_version(agent_version()),
+                    ),
+                    ping: ping::Behaviour::new(
+                        ping::Config::new().with_interval(cfg.ping_interval),
+                    ),
+                    mdns: if cfg.mdns {
+                        Some(new_mdns(local)?)
+                    } else {
+                        None
+                    }
+                    .into(),
+                    kad: if cfg.dht { Some(new_kad(local)) } else { None }.into(),
+                })
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("setting up the libp2p behaviours: {e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
+        .build();
+    Ok(swarm)
+}
+
+/// Every limit of `LimitsConfig`; none is left unlimited.
+pub(crate) fn connection_limits(l: &LimitsConfig) -> connection_limits::ConnectionLimits {
+    connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(l.max_pending_incoming))
+        .with_max_pending_outgoing(Some(l.max_pending_outgoing))
+        .with_max_established_incoming(Some(l.max_established_incoming))
+        .with_max_established_outgoing(Some(l.max_established_outgoing))
+        .with_max_established(Some(l.max_established_total))
+        .with_max_established_per_peer(Some(l.max_established_per_peer))
+}
+
+pub(crate) fn memory_limits(l: &LimitsConfig) -> memory_connection_limits::Behaviour {
+    let bytes = l.max_memory_mib.saturating_mul(1024 * 1024);
+    memory_connection_limits::Behaviour::with_max_bytes(
+        usize::try_from(bytes).unwrap_or(usize::MAX),
+    )
+}
+
+pub(crate) fn new_mdns(local: PeerId) -> std::io::Result<mdns::tokio::Behaviour> {
+    mdns::tokio::Behaviour::new(mdns::Config::default(), local)
+}
+
+fn new_kad(local: PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
+    let mut cfg = kad::Config::new(KAD_PROTOCOL);
+    // Disjoint paths: one lookup cannot be steered entirely by a single group of colluding peers.
+    cfg.disjoint_query_paths(true);
+    cfg.set_query_timeout(KAD_QUERY_TIMEOUT);
+    let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), cfg);
+    // Server mode from the start: a daemon on a LAN often has no confirmed external address,
+    // and js-libp2p peers only add servers to their routing tables.
+    kad.set_mode(Some(kad::Mode::Server));
+    kad
+}

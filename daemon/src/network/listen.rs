@@ -1,0 +1,182 @@
+//! Binding the listeners before `spawn` returns. The daemon drops root right after, so a port
+//! below 1024 must be held by then; and an operator should learn at start, not later, that an
+//! address cannot be used.
+//!
+//! libp2p's TCP listener sets SO_REUSEPORT, so a second daemon could silently share a port with
+//! the first. A TCP port is therefore probed first with a plain socket (no SO_REUSEPORT), which
+//! fails when anyone holds it. QUIC's UDP socket is bound without SO_REUSEPORT and fails by itself.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use futures::StreamExt as _;
+use libp2p::Multiaddr;
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
+use tokio::time::Instant;
+
+use super::event_loop::{EventLoop, ListenerState};
+
+/// How long each listener may take to report its first address.
+const BIND_DEADLINE: Duration = Duration::from_secs(5);
+
+impl EventLoop {
+    /// Listens on every address and waits until each is bound or has failed. Returns the
+    /// addresses bound so far (an unspecified IP yields one per interface).
+    pub(super) async fn bind_listeners(
+        &mut self,
+        listen: &[String],
+        dev: bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut waiting: Vec<(ListenerId, Multiaddr)> = Vec::with_capacity(listen.len());
+        for (i, text) in listen.iter().enumerate() {
+            let addr: Multiaddr = text
+                .parse()
+                .map_err(|e| anyhow!("network.listen[{i}]: `{text}` is not a multiaddr ({e}); e.g. /ip4/0.0.0.0/tcp/9092"))?;
+            let id = match self.listen_once(&addr) {
+                Ok(id) => id,
+                Err(e) if dev && is_addr_in_use(&e) => {
+                    let free = with_port_zero(&addr);
+                    tracing::warn!(taken = %addr, instead = %free, "listen port is taken; dev mode picks a free one");
+                    self.listen_once(&free)
+                        .map_err(|e| listen_error(&free, &e))?
+                }
+                Err(e) => return Err(listen_error(&addr, &e)),
+            };
+            self.listeners.insert(id, ListenerState::Pending);
+            waiting.push((id, addr));
+        }
+        for (id, addr) in &waiting {
+            let deadline = Instant::now() + BIND_DEADLINE;
+            loop {
+                match self.listeners.get(id) {
+                    Some(ListenerState::Bound) => break,
+                    Some(ListenerState::Failed(why)) => {
+                        return Err(anyhow!(
+                            "cannot listen on {addr}: {why}; check network.listen"
+                        ));
+                    }
+                    Some(ListenerState::Pending) | None => {}
+                }
+                match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                    Ok(event) => self.on_swarm_event(event).await,
+                    Err(_) => {
+                        return Err(anyhow!(
+                            "listening on {addr} reported no address within {}s; check that the interface exists and network.listen is right",
+                            BIND_DEADLINE.as_secs()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(self.listen_addrs.iter().map(ToString::to_string).collect())
+    }
+
+    fn listen_once(&mut self, addr: &Multiaddr) -> Result<ListenerId, io::Error> {
+        if let Some(socket) = tcp_socket_addr(addr) {
+            // Dropped at once: it only proves nobody else holds the port.
+            drop(TcpListener::bind(socket)?);
+        }
+        self.swarm.listen_on(addr.clone()).map_err(|e| match e {
+            libp2p::TransportError::MultiaddrNotSupported(a) => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{a} is not supported; use /ip4|ip6/<ip>/tcp/<port> or /ip4|ip6/<ip>/udp/<port>/quic-v1"),
+            ),
+            libp2p::TransportError::Other(e) => e,
+        })
+    }
+}
+
+fn listen_error(addr: &Multiaddr, e: &io::Error) -> anyhow::Error {
+    let fix = if is_addr_in_use(e) {
+        "another process holds that port; stop it, choose another port in network.listen, or use dev mode for a free port"
+    } else if e.kind() == io::ErrorKind::PermissionDenied {
+        "ports below 1024 need the daemon to start as root (it drops privileges after binding) or CAP_NET_BIND_SERVICE"
+    } else if e.kind() == io::ErrorKind::AddrNotAvailable {
+        "that IP is not assigned to any interface of this machine; check network.listen"
+    } else {
+        "check network.listen"
+    };
+    anyhow!("cannot listen on {addr}: {e}; {fix}")
+}
+
+/// The socket address of a `/ip4|ip6/<ip>/tcp/<port>` with a fixed port, for the probe.
+fn tcp_socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
+    let mut it = addr.iter();
+    let ip: IpAddr = match it.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    match (it.next()?, it.next()) {
+        (Protocol::Tcp(port), None) if port != 0 => Some(SocketAddr::new(ip, port)),
+        _ => None,
+    }
+}
+
+/// The same address with its TCP or UDP port replaced by 0 (any free port).
+fn with_port_zero(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .map(|p| match p {
+            Protocol::Tcp(_) => Protocol::Tcp(0),
+            Protocol::Udp(_) => Protocol::Udp(0),
+            other => other,
+        })
+        .collect()
+}
+
+/// True when the error (or one it wraps) is EADDRINUSE. libp2p wraps transport errors in
+/// `io::Error::other`, whose `source()` skips the wrapped error itself, so look inside too.
+fn is_addr_in_use(e: &io::Error) -> bool {
+    fn walk(e: &(dyn std::error::Error + 'static), depth: usize) -> bool {
+        if depth > 8 {
+            return false;
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::AddrInUse {
+                return true;
+            }
+            if let Some(inner) = io.get_ref()
+                && walk(inner, depth + 1)
+            {
+                return true;
+            }
+        }
+        e.source().is_some_and(|s| walk(s, depth + 1))
+    }
+    walk(e, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_and_probe_address() {
+        let a: Multiaddr = "/ip4/127.0.0.1/udp/9092/quic-v1"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            with_port_zero(&a).to_string(),
+            "/ip4/127.0.0.1/udp/0/quic-v1"
+        );
+        assert_eq!(tcp_socket_addr(&a), None);
+        let t: Multiaddr = "/ip4/127.0.0.1/tcp/9092"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            tcp_socket_addr(&t),
+            Some("127.0.0.1:9092".parse().unwrap_or_else(|e| panic!("{e}")))
+        );
+    }
+
+    #[test]
+    fn addr_in_use_is_found_inside_wrapping() {
+        let inner = io::Error::new(io::ErrorKind::AddrInUse, "taken");
+        let wrapped = io::Error::other(inner);
+        assert!(is_addr_in_use(&wrapped));
+        assert!(!is_addr_in_use(&io::Error::other("something else")));
+    }
+}

@@ -1,0 +1,145 @@
+//! The daemon's libp2p node.
+//!
+//! One task ([`event_loop`]) owns the `Swarm`; nothing else touches it. Others talk to it through
+//! a [`NetworkHandle`] (commands with `oneshot` replies over a bounded channel) and hear from it
+//! through a bounded channel of [`NetEvent`]s. libp2p types stay inside this module: what leaves
+//! it is strings and `firma_ipc` wire types.
+//!
+//! Files: `behaviour.rs` composes the libp2p behaviours; `event_loop.rs` runs the task,
+//! `swarm_events.rs` translates swarm events, `commands.rs` answers the handle, `listen.rs` binds
+//! the listeners before [`spawn`] returns, `redial.rs` decides when lost peers are dialled again,
+//! `address_book.rs` remembers where peers can be reached.
+
+mod address_book;
+mod behaviour;
+mod commands;
+mod event_loop;
+mod handle;
+mod listen;
+mod redial;
+mod swarm_events;
+#[cfg(test)]
+mod tests;
+
+use firma_ipc::types::{AddrSource, Direction, DiscoveryState};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use handle::NetworkHandle;
+
+use crate::config::NetworkConfig;
+
+/// Events buffered for a slow consumer; past this the network task waits (backpressure), it
+/// never drops an event.
+pub const EVENT_QUEUE: usize = 1024;
+/// Commands waiting for the event loop; callers wait (within their deadline) when it is full.
+const COMMAND_QUEUE: usize = 64;
+
+/// A peer remembered by the store, handed to the network at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedPeer {
+    pub peer_id: String,
+    pub addrs: Vec<String>,
+    /// Pinned: dialled at start and redialled whenever lost.
+    pub redial: bool,
+}
+
+/// What happened on the network, in domain terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetEvent {
+    Discovered {
+        peer_id: String,
+        addrs: Vec<String>,
+        source: AddrSource,
+    },
+    /// The FIRST connection to a peer opened (more connections to the same peer say nothing).
+    Connected {
+        peer_id: String,
+        addr: String,
+        direction: Direction,
+    },
+    /// The LAST connection to a peer closed. Never sent once shutdown has begun.
+    Disconnected {
+        peer_id: String,
+        reason: Option<String>,
+    },
+    Identified {
+        peer_id: String,
+        agent: String,
+        protocols: Vec<String>,
+        listen_addrs: Vec<String>,
+    },
+    /// Every ping result; the consumer rate-limits.
+    Rtt {
+        peer_id: String,
+        rtt_us: u64,
+    },
+    /// A full address including `/p2p/<local id>`.
+    ListenAddrAdded {
+        addr: String,
+    },
+    ListenAddrRemoved {
+        addr: String,
+    },
+    DiscoveryChanged {
+        state: DiscoveryState,
+    },
+    DialFailed {
+        peer_id: Option<String>,
+        error: String,
+    },
+}
+
+/// A peer with at least one open connection, as `NetworkHandle::connected` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectedPeer {
+    pub peer_id: String,
+    /// The remote address of the oldest open connection.
+    pub addr: String,
+    pub direction: Direction,
+    /// The latest ping round trip on any connection to the peer.
+    pub rtt_us: Option<u64>,
+}
+
+/// A running network task and the ways to talk to it.
+#[derive(Debug)]
+pub struct Network {
+    pub handle: NetworkHandle,
+    pub events: mpsc::Receiver<NetEvent>,
+    /// Ends after `shutdown` fires, with the peer ids that were connected at that moment.
+    pub task: tokio::task::JoinHandle<Vec<String>>,
+    /// Every address bound before `spawn` returned, each ending in `/p2p/<local id>`.
+    pub listen_addrs: Vec<String>,
+}
+
+/// Builds the swarm, binds every configured listener (so privileged ports are held before the
+/// daemon drops root), applies bans and seeds, and spawns the event loop.
+///
+/// With `dev`, a listen port that is taken is replaced by a free one (logged); otherwise a
+/// listener that cannot be bound is an error naming the address and the fix.
+pub async fn spawn(
+    keypair: libp2p::identity::Keypair,
+    cfg: &NetworkConfig,
+    dev: bool,
+    seeds: Vec<SeedPeer>,
+    banned: Vec<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Network> {
+    let local_peer_id = keypair.public().to_peer_id();
+    let swarm = behaviour::build_swarm(keypair, cfg)?;
+    let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
+    let mut event_loop =
+        event_loop::EventLoop::new(swarm, command_rx, event_tx, cfg.clone(), shutdown);
+    let listen_addrs = event_loop.bind_listeners(&cfg.listen, dev).await?;
+    event_loop.apply_bans(&banned);
+    event_loop.start_peers(&seeds, &cfg.bootstrap);
+    let task = tokio::spawn(event_loop.run());
+    tracing::info!(peer_id = %local_peer_id, addrs = ?listen_addrs, "network started");
+    Ok(Network {
+        handle: NetworkHandle::new(command_tx, local_peer_id),
+        events: event_rx,
+        task,
+        listen_addrs,
+    })
+}
