@@ -1,1 +1,150 @@
-fn main() {}
+//! firma-web: flags -> WebConfig -> run; then stop, or re-execute for a reload.
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use firma_web::config::{WebConfig, check_listen};
+use firma_web::reload::{self, Handoff};
+use firma_web::state::Shutdown;
+use firma_web::{Outcome, auth, login_url};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "firma-web",
+    version,
+    about = "REST and WebSocket bridge of firma-transportd",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve(ServeArgs),
+    /// Print a fresh single-use browser login link for a running server.
+    LoginUrl(LoginArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (ignored when a socket is inherited through LISTEN_FDS).
+    #[arg(long, env = "FIRMA_WEB_LISTEN", default_value = WebConfig::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// The daemon's control socket [default: the per-user or system runtime dir]
+    #[arg(long, env = "FIRMA_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Where web.token, login links and sessions live [default: the firma state dir]
+    #[arg(long, env = "FIRMA_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Allow a non-loopback --listen (put a TLS proxy in front).
+    #[arg(long)]
+    allow_non_loopback: bool,
+    /// Another Host header value to accept, e.g. a proxy's `firma.example.org` (repeatable).
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
+    /// First delay before reconnecting to a vanished daemon, in ms; doubles up to --reconnect-max-ms.
+    #[arg(long, default_value_t = 250)]
+    reconnect_interval_ms: u64,
+    #[arg(long, default_value_t = 5000)]
+    reconnect_max_ms: u64,
+    /// Deadline for in-flight requests on reload or stop, in ms.
+    #[arg(long, default_value_t = 5000)]
+    drain_timeout_ms: u64,
+    /// Ping WebSocket clients idle this long (ms); close those silent for twice as long.
+    #[arg(long, default_value_t = 30_000)]
+    ws_ping_interval_ms: u64,
+    /// Events queued per WebSocket client before it is told it lagged and is resynced.
+    #[arg(long, default_value_t = 4096)]
+    ws_queue: usize,
+    /// Most WebSocket clients at once.
+    #[arg(long, default_value_t = 4096)]
+    max_ws_clients: usize,
+}
+
+#[derive(Debug, Args)]
+struct LoginArgs {
+    /// The running server's state dir.
+    #[arg(long, env = "FIRMA_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// The running server's listen address.
+    #[arg(long, env = "FIRMA_WEB_LISTEN", default_value = WebConfig::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+}
+
+fn config(a: ServeArgs) -> anyhow::Result<WebConfig> {
+    check_listen(&a.listen, a.allow_non_loopback).map_err(anyhow::Error::msg)?;
+    if a.reconnect_interval_ms == 0 || a.ws_ping_interval_ms < 100 || a.ws_queue == 0 {
+        anyhow::bail!("--reconnect-interval-ms must be > 0, --ws-ping-interval-ms >= 100, --ws-queue > 0");
+    }
+    Ok(WebConfig {
+        listen: a.listen,
+        socket: a.socket.unwrap_or_else(firma_ipc::paths::default_socket),
+        state_dir: a.state_dir.unwrap_or_else(firma_ipc::paths::default_state_dir),
+        allowed_hosts: a.allowed_hosts,
+        reconnect_min: Duration::from_millis(a.reconnect_interval_ms),
+        reconnect_max: Duration::from_millis(a.reconnect_max_ms.max(a.reconnect_interval_ms)),
+        drain_timeout: Duration::from_millis(a.drain_timeout_ms),
+        ws_ping_interval: Duration::from_millis(a.ws_ping_interval_ms),
+        ws_queue: a.ws_queue,
+        max_ws_clients: a.max_ws_clients,
+    })
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Both before any thread exists: the path must be the one we were started from, and
+    // listenfd edits the environment.
+    let handoff = Handoff::capture()?;
+    let inherited = reload::inherited_listener()?;
+    let config = config(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(firma_web::run(config, inherited, Shutdown::default()));
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    match outcome? {
+        Outcome::Stopped => Ok(()),
+        Outcome::Reload(fd) => Err(reload::reexec(&handoff, fd)),
+    }
+}
+
+fn login(args: LoginArgs) -> anyhow::Result<()> {
+    let dir = args.state_dir.unwrap_or_else(firma_ipc::paths::default_state_dir);
+    let nonce = auth::issue_login_nonce(&dir)?;
+    println!("{}", login_url(args.listen, &nonce));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(a)) => serve(a),
+        Some(Command::LoginUrl(a)) => login(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("firma-web: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

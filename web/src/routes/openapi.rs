@@ -1,0 +1,123 @@
+//! The OpenAPI 3.1 document of the REST API, written out by hand from the routes in `mod.rs`
+//! (kept next to them; the end-to-end tests check each documented path answers).
+
+use axum::Json;
+use serde_json::{Value, json};
+
+/// One operation: summary, whether it needs auth, an optional JSON body schema, and the response.
+fn op(summary: &str, auth: bool, body: Option<Value>, response: Value) -> Value {
+    let mut o = json!({
+        "summary": summary,
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": response}}},
+            "503": {"description": "The transport daemon is unreachable", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        },
+    });
+    if auth {
+        o["security"] = json!([{"bearer": []}, {"session": []}]);
+        o["responses"]["401"] = json!({"description": "Missing or wrong credential"});
+    }
+    if let Some(schema) = body {
+        o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
+    }
+    o
+}
+
+fn peer_param() -> Value {
+    json!([{"name": "peer_id", "in": "path", "required": true, "schema": {"type": "string"}}])
+}
+
+pub fn build() -> Value {
+    let obj = json!({"type": "object"});
+    let arr = json!({"type": "array", "items": {"type": "object"}});
+    let mut peer = op("One peer", true, None, obj.clone());
+    peer["parameters"] = peer_param();
+    let mut disconnect = op("Close every connection to a peer", true, None, obj.clone());
+    disconnect["parameters"] = peer_param();
+    let mut pin = op(
+        "Pin or unpin a peer (pinned peers are redialled)",
+        true,
+        Some(json!({"type": "object", "properties": {"pinned": {"type": "boolean", "default": true}}})),
+        obj.clone(),
+    );
+    pin["parameters"] = peer_param();
+    let mut peers = op("Peers", true, None, arr.clone());
+    peers["parameters"] =
+        json!([{"name": "filter", "in": "query", "schema": {"enum": ["connected", "known", "pinned"]}}]);
+    let mut history = op("Connection history, newest first", true, None, arr.clone());
+    history["parameters"] = json!([
+        {"name": "peer", "in": "query", "schema": {"type": "string"}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+    ]);
+    let text = json!({"description": "Prometheus text", "content": {"text/plain": {}}});
+    let ws = |summary: &str| {
+        json!({"get": {"summary": summary, "security": [{"bearer": []}, {"session": []}],
+                       "responses": {"101": {"description": "Switching Protocols"}}}})
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "firma-web", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "REST and WebSocket bridge of firma-transportd. Loopback only by default; \
+                                 state-changing requests need a same-origin Origin or a bearer token."},
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "The 256-bit token in web.token"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "firma_session"},
+            },
+            "schemas": {"Error": {"type": "object", "required": ["error"],
+                                  "properties": {"error": {"type": "string"}, "code": {"type": "string"}}}},
+        },
+        "paths": {
+            "/health": {"get": op("ok or degraded (503), with daemon reachability", false, None, obj.clone())},
+            "/login": {"get": {"summary": "Redeem a single-use login link; sets the session cookie",
+                               "parameters": [{"name": "nonce", "in": "query", "required": true, "schema": {"type": "string"}}],
+                               "responses": {"303": {"description": "Signed in"}, "403": {"description": "Invalid, expired or used link"}}}},
+            "/api/openapi.json": {"get": op("This document", false, None, obj.clone())},
+            "/api/info": {"get": op("Server info (upstream shape) with instance_id", true, None, obj.clone())},
+            "/api/transports/available": {"get": op("Available transports (upstream shape)", true, None, obj.clone())},
+            "/api/status": {"get": op("The daemon's status", true, None, obj.clone())},
+            "/api/peers": {"get": peers},
+            "/api/peers/connect": {"post": op("Dial a multiaddr or known peer id", true,
+                Some(json!({"type": "object", "required": ["target"], "properties": {"target": {"type": "string"}}})), obj.clone())},
+            "/api/peers/{peer_id}": {"get": peer},
+            "/api/peers/{peer_id}/disconnect": {"post": disconnect},
+            "/api/peers/{peer_id}/pin": {"post": pin},
+            "/api/connections": {"get": op("Open connections", true, None, arr.clone())},
+            "/api/history": {"get": history},
+            "/api/discovery": {
+                "get": op("Discovery state", true, None, obj.clone()),
+                "post": op("Change discovery", true, Some(json!({"type": "object", "properties": {
+                    "mdns": {"type": "boolean"}, "bootstrap_now": {"type": "boolean"}}})), obj.clone()),
+            },
+            "/api/topology": {"get": op("Local view of the network", true, None, obj.clone())},
+            "/metrics": {"get": {"summary": "Prometheus metrics (daemon and web tier)",
+                                 "security": [{"bearer": []}, {"session": []}], "responses": {"200": text}}},
+            "/ws": ws("Event stream: snapshot, then events with seq; ?since=N resumes"),
+            "/explorer": ws("Upstream Peer Explorer socket"),
+        },
+    })
+}
+
+pub async fn document() -> Json<Value> {
+    Json(build())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    #[test]
+    fn document_lists_the_api() {
+        let doc = super::build();
+        assert_eq!(doc["openapi"], "3.1.0");
+        for path in [
+            "/health",
+            "/api/info",
+            "/api/peers/{peer_id}/pin",
+            "/ws",
+            "/explorer",
+            "/metrics",
+        ] {
+            assert!(doc["paths"].get(path).is_some(), "{path} missing");
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Request checks that come before authentication, and the headers every response carries.
+//!
+//! - `Host` must be one of ours on every route, WebSocket upgrades included: a page on an
+//!   attacker's domain that re-resolves to 127.0.0.1 (DNS rebinding) sends its own host name.
+//! - State-changing requests and every WebSocket upgrade must come from our own origin: `Origin`
+//!   equal to `http(s)://<Host>`, or `Sec-Fetch-Site: same-origin`. A request with neither is let
+//!   through only when it carries `Authorization: Bearer` (checked afterwards by auth): browsers
+//!   cannot attach that header cross-origin without a CORS preflight, which we never grant, so a
+//!   non-browser API client is the only sender. A cookie alone never suffices without an origin.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::bearer;
+use crate::error::ApiError;
+use crate::metrics::inc;
+use crate::state::AppState;
+
+/// The `Host` values this server answers to.
+#[derive(Debug, Clone)]
+pub struct HostPolicy {
+    allowed: Vec<String>,
+}
+
+impl HostPolicy {
+    /// Loopback names and the bound address, each with the bound port, plus `extra` verbatim.
+    pub fn new(bound: SocketAddr, extra: &[String]) -> Self {
+        let port = bound.port();
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "[::1]".to_owned()];
+        if !bound.ip().is_unspecified() {
+            names.push(match bound.ip() {
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            });
+        }
+        let mut allowed: Vec<String> = names.iter().map(|n| format!("{n}:{port}")).collect();
+        if port == 80 {
+            allowed.extend(names);
+        }
+        allowed.extend(extra.iter().map(|h| h.to_ascii_lowercase()));
+        allowed.sort();
+        allowed.dedup();
+        Self { allowed }
+    }
+
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.allowed.contains(&host)
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Whether the request comes from our own origin, per the rules in the module header.
+fn same_origin(headers: &HeaderMap, host: &str) -> Result<(), String> {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default().to_ascii_lowercase();
+        let host = host.to_ascii_lowercase();
+        if origin == format!("http://{host}") || origin == format!("https://{host}") {
+            return Ok(());
+        }
+        return Err(format!(
+            "Origin {origin} does not match this server ({host}); cross-site requests are refused"
+        ));
+    }
+    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some("same-origin") => return Ok(()),
+        Some(other) => return Err(format!("Sec-Fetch-Site {other}: cross-site requests are refused")),
+        None => {}
+    }
+    if bearer(headers).is_some() {
+        return Ok(());
+    }
+    Err(
+        "a state-changing request or WebSocket upgrade needs an Origin header matching this server, or a bearer token"
+            .to_owned(),
+    )
+}
+
+/// The `Host` of the request: the header (HTTP/1.1) or the URI authority (HTTP/2).
+fn request_host(req: &Request) -> Option<String> {
+    if let Some(h) = req.headers().get(header::HOST) {
+        return h.to_str().ok().map(str::to_owned);
+    }
+    req.uri().authority().map(|a| a.as_str().to_owned())
+}
+
+/// Outermost middleware: count, check Host and Origin, then add the security headers.
+pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    inc(&state.metrics.http_requests);
+    let mut resp = match check(&state, &req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn check(state: &AppState, req: &Request) -> Result<(), ApiError> {
+    let Some(host) = request_host(req) else {
+        return Err(ApiError::bad_request("the request has no Host header"));
+    };
+    if !state.hosts.allows(&host) {
+        return Err(ApiError::forbidden(format!(
+            "Host {host:?} is not served here; use http://127.0.0.1:{}/ or add it with --allowed-host",
+            state.bound.port()
+        )));
+    }
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe || is_upgrade(req.headers()) {
+        same_origin(req.headers(), &host).map_err(ApiError::forbidden)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn host_allow_list() {
+        let p = HostPolicy::new("127.0.0.1:8080".parse().unwrap(), &["firma.example:443".into()]);
+        assert!(p.allows("127.0.0.1:8080"));
+        assert!(p.allows("LOCALHOST:8080"));
+        assert!(p.allows("[::1]:8080"));
+        assert!(p.allows("firma.example:443"));
+        assert!(!p.allows("127.0.0.1:8081"));
+        assert!(!p.allows("evil.example:8080"));
+        assert!(!p.allows("localhost"));
+    }
+
+    #[test]
+    fn origin_rules() {
+        let host = "127.0.0.1:8080";
+        assert!(same_origin(&headers(&[("origin", "http://127.0.0.1:8080")]), host).is_ok());
+        assert!(same_origin(&headers(&[("origin", "http://evil.example")]), host).is_err());
+        assert!(same_origin(&headers(&[("origin", "null")]), host).is_err());
+        // A foreign Origin is refused even with a token.
+        assert!(
+            same_origin(
+                &headers(&[("origin", "http://evil.example"), ("authorization", "Bearer x")]),
+                host
+            )
+            .is_err()
+        );
+        assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")]), host).is_ok());
+        assert!(same_origin(&headers(&[("sec-fetch-site", "cross-site")]), host).is_err());
+        assert!(same_origin(&headers(&[("authorization", "Bearer x")]), host).is_ok());
+        assert!(same_origin(&headers(&[("cookie", "firma_session=x")]), host).is_err());
+    }
+}
