@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use firma_ipc::event::EventBatch;
+use firma_ipc::transfer::{NewTransfer, StagedDocument, TransferFilter, TransferInfo, UploadStart};
 use firma_ipc::service::{MAX_EVENTS_BATCH, MAX_EVENTS_WAIT_MS};
 use firma_ipc::types::{
     AuditRecord, ConnectOutcome, ConnectionRecord, DiscoveryChange, DiscoveryState, Hello, HistoryQuery, Metric,
@@ -386,4 +387,40 @@ impl Control for ControlService {
         let wait = Duration::from_millis(u64::from(wait_ms.min(MAX_EVENTS_WAIT_MS)));
         Ok(self.core.events.poll(after, max, wait).await)
     }
+
+    // Transfers land with the transfer engine (issue 3); until then every call says so plainly.
+    async fn upload_begin(self, _: Context, _start: UploadStart) -> Result<String, IpcError> {
+        Err(no_transfers())
+    }
+    async fn upload_chunk(self, _: Context, _id: String, _offset: u64, _data: serde_bytes::ByteBuf) -> Result<u64, IpcError> {
+        Err(no_transfers())
+    }
+    async fn upload_finish(self, _: Context, _id: String) -> Result<StagedDocument, IpcError> {
+        Err(no_transfers())
+    }
+    async fn send_transfer(self, _: Context, _t: NewTransfer) -> Result<TransferInfo, IpcError> {
+        Err(no_transfers())
+    }
+    async fn transfers(self, _: Context, _f: TransferFilter) -> Result<Vec<TransferInfo>, IpcError> {
+        Ok(Vec::new())
+    }
+    async fn transfer(self, _: Context, id: String) -> Result<TransferInfo, IpcError> {
+        Err(IpcError::not_found(format!("no transfer {id}")))
+    }
+    async fn cancel_transfer(self, _: Context, _id: String) -> Result<TransferInfo, IpcError> {
+        Err(no_transfers())
+    }
+    async fn accept_transfer(self, _: Context, _id: String) -> Result<TransferInfo, IpcError> {
+        Err(no_transfers())
+    }
+    async fn reject_transfer(self, _: Context, _id: String, _reason: String) -> Result<TransferInfo, IpcError> {
+        Err(no_transfers())
+    }
+    async fn download(self, _: Context, _t: String, _d: String, _o: u64, _m: u32) -> Result<serde_bytes::ByteBuf, IpcError> {
+        Err(no_transfers())
+    }
+}
+
+fn no_transfers() -> IpcError {
+    IpcError::unavailable("document transfers are not available in this build of firma-transportd")
 }
