@@ -20,15 +20,24 @@ impl CliOutput {
     /// Require exit code 0.
     pub fn ok(self) -> anyhow::Result<Self> {
         if self.code != 0 {
-            bail!("firmactl exited {}\nstdout: {}\nstderr: {}", self.code, self.stdout, self.stderr);
+            bail!(
+                "firmactl exited {}\nstdout: {}\nstderr: {}",
+                self.code,
+                self.stdout,
+                self.stderr
+            );
         }
         Ok(self)
     }
 
     /// stdout parsed as one JSON document.
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
-        serde_json::from_str(self.stdout.trim())
-            .with_context(|| format!("firmactl stdout is not JSON: {:?} (stderr: {})", self.stdout, self.stderr))
+        serde_json::from_str(self.stdout.trim()).with_context(|| {
+            format!(
+                "firmactl stdout is not JSON: {:?} (stderr: {})",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 

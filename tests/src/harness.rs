@@ -13,9 +13,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use firma_ipc::IpcError;
 use firma_ipc::client::{CALL_TIMEOUT, Connection, connect, ctx};
 use firma_ipc::types::{ConnectOutcome, PeerFilter, PeerInfo, Role, Status};
-use firma_ipc::IpcError;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -94,7 +94,10 @@ impl Default for DaemonOpts {
 
 impl DaemonOpts {
     pub fn named(name: &str) -> Self {
-        Self { name: name.to_owned(), ..Self::default() }
+        Self {
+            name: name.to_owned(),
+            ..Self::default()
+        }
     }
 }
 
@@ -121,18 +124,34 @@ impl Daemon {
     /// Start the process without waiting for it; for daemons that are expected to fail.
     pub fn launch(opts: DaemonOpts) -> anyhow::Result<Daemon> {
         if opts.mdns && opts.wrapper.is_empty() {
-            bail!("refusing to start `{}` with mDNS in the machine's own network namespace", opts.name);
+            bail!(
+                "refusing to start `{}` with mDNS in the machine's own network namespace",
+                opts.name
+            );
         }
-        let dir = tempfile::Builder::new().prefix(&format!("firma-e2e-{}-", opts.name)).tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("firma-e2e-{}-", opts.name))
+            .tempdir()?;
         if opts.world_traversable {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
                 .with_context(|| format!("chmod 0755 {}", dir.path().display()))?;
         }
         let state_dir = opts.state_dir.clone().unwrap_or_else(|| dir.path().join("state"));
-        let socket = opts.socket.clone().unwrap_or_else(|| dir.path().join("run").join("transportd.sock"));
+        let socket = opts
+            .socket
+            .clone()
+            .unwrap_or_else(|| dir.path().join("run").join("transportd.sock"));
         let log_path = dir.path().join("daemon.log");
-        let mut d = Daemon { opts, dir, state_dir, socket, log_path, child: None, peer_id: None };
+        let mut d = Daemon {
+            opts,
+            dir,
+            state_dir,
+            socket,
+            log_path,
+            child: None,
+            peer_id: None,
+        };
         d.start_process()?;
         Ok(d)
     }
@@ -148,7 +167,10 @@ impl Daemon {
             None => Command::new(&bin),
         };
         clear_firma_env(&mut cmd);
-        cmd.arg("--state-dir").arg(&self.state_dir).arg("--socket").arg(&self.socket);
+        cmd.arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--socket")
+            .arg(&self.socket);
         for l in &self.opts.listen {
             cmd.arg("--listen").arg(l);
         }
@@ -190,7 +212,9 @@ impl Daemon {
         writeln!(log, "===== harness: starting `{}`: {:?}", self.opts.name, cmd)?;
         let err_log = log.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(log).stderr(err_log);
-        let child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
         self.child = Some(child);
         Ok(())
     }
@@ -200,7 +224,11 @@ impl Daemon {
         let deadline = Instant::now() + self.opts.ready_timeout;
         loop {
             if let Some(code) = self.try_exit()? {
-                bail!("daemon `{}` exited with {code} before it was ready; log:\n{}", self.opts.name, self.log_tail());
+                bail!(
+                    "daemon `{}` exited with {code} before it was ready; log:\n{}",
+                    self.opts.name,
+                    self.log_tail()
+                );
             }
             if let Ok(st) = self.status().await
                 && st.listen_addrs.iter().any(|a| a.contains("/p2p/"))
@@ -208,7 +236,11 @@ impl Daemon {
                 if let Some(known) = &self.peer_id
                     && known != &st.peer_id
                 {
-                    bail!("daemon `{}` came back as {} but was {known}", self.opts.name, st.peer_id);
+                    bail!(
+                        "daemon `{}` came back as {} but was {known}",
+                        self.opts.name,
+                        st.peer_id
+                    );
                 }
                 self.peer_id = Some(st.peer_id.clone());
                 return Ok(st);
@@ -257,7 +289,10 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> Option<Pid> {
-        self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok()).map(Pid::from_raw)
+        self.child
+            .as_ref()
+            .and_then(|c| i32::try_from(c.id()).ok())
+            .map(Pid::from_raw)
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -266,7 +301,9 @@ impl Daemon {
 
     /// `Some(status)` once the process has exited (and been reaped).
     pub fn try_exit(&mut self) -> anyhow::Result<Option<ExitStatus>> {
-        let Some(child) = self.child.as_mut() else { return Ok(None) };
+        let Some(child) = self.child.as_mut() else {
+            return Ok(None);
+        };
         let st = child.try_wait()?;
         if st.is_some() {
             self.child = None;
@@ -275,13 +312,17 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: Signal) -> anyhow::Result<()> {
-        let pid = self.pid().with_context(|| format!("daemon `{}` is not running", self.opts.name))?;
+        let pid = self
+            .pid()
+            .with_context(|| format!("daemon `{}` is not running", self.opts.name))?;
         kill(pid, sig).with_context(|| format!("sending {sig} to daemon `{}` ({pid})", self.opts.name))
     }
 
     /// Wait for the process to exit by itself (e.g. after a signal or a fatal startup error).
     pub async fn wait_exit(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
-        let Some(mut child) = self.child.take() else { bail!("daemon `{}` is not running", self.opts.name) };
+        let Some(mut child) = self.child.take() else {
+            bail!("daemon `{}` is not running", self.opts.name)
+        };
         let res = wait_for_value(deadline, &format!("daemon `{}` to exit", self.opts.name), || {
             let st = child.try_wait().ok().flatten();
             async move { st }
@@ -301,10 +342,18 @@ impl Daemon {
         self.signal(Signal::SIGTERM)?;
         let st = self.wait_exit(EXIT_TIMEOUT).await?;
         if !st.success() {
-            bail!("daemon `{}` exited with {st} after SIGTERM; log:\n{}", self.opts.name, self.log_tail());
+            bail!(
+                "daemon `{}` exited with {st} after SIGTERM; log:\n{}",
+                self.opts.name,
+                self.log_tail()
+            );
         }
         if self.socket.exists() {
-            bail!("daemon `{}` exited but left its socket {} behind", self.opts.name, self.socket.display());
+            bail!(
+                "daemon `{}` exited but left its socket {} behind",
+                self.opts.name,
+                self.socket.display()
+            );
         }
         Ok(())
     }
@@ -388,7 +437,12 @@ impl Daemon {
             .iter()
             .find(|a| a.contains(proto) && a.contains("/p2p/"))
             .cloned()
-            .with_context(|| format!("daemon `{}` has no {proto} listen address: {:?}", self.opts.name, st.listen_addrs))
+            .with_context(|| {
+                format!(
+                    "daemon `{}` has no {proto} listen address: {:?}",
+                    self.opts.name, st.listen_addrs
+                )
+            })
     }
 
     /// The loopback TCP address to dial this daemon at.
@@ -406,7 +460,9 @@ impl Daemon {
 
     /// `/proc/<pid>/status` of the daemon process.
     pub fn proc_status(&self) -> anyhow::Result<String> {
-        let pid = self.pid().with_context(|| format!("daemon `{}` is not running", self.opts.name))?;
+        let pid = self
+            .pid()
+            .with_context(|| format!("daemon `{}` is not running", self.opts.name))?;
         Ok(std::fs::read_to_string(format!("/proc/{pid}/status"))?)
     }
 }
@@ -418,7 +474,12 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
         // Captured by the test runner and shown only when the test failed.
-        eprintln!("----- log of daemon `{}` ({}) -----\n{}", self.opts.name, self.log_path.display(), self.log_tail());
+        eprintln!(
+            "----- log of daemon `{}` ({}) -----\n{}",
+            self.opts.name,
+            self.log_path.display(),
+            self.log_tail()
+        );
     }
 }
 

@@ -38,7 +38,10 @@ impl JsNode {
     pub async fn spawn(agent: &str) -> anyhow::Result<JsNode> {
         let dir = js_dir();
         if !dir.join("node_modules").join("libp2p").is_dir() {
-            bail!("js-libp2p is not installed in {}.\n  Run: (cd tests/js && npm ci)  (scripts/test.sh does it)", dir.display());
+            bail!(
+                "js-libp2p is not installed in {}.\n  Run: (cd tests/js && npm ci)  (scripts/test.sh does it)",
+                dir.display()
+            );
         }
         let mut child = Command::new("node")
             .arg("interop.mjs")
@@ -76,13 +79,25 @@ impl JsNode {
             });
         }
         let stdin = child.stdin.take();
-        let mut node = JsNode { child, stdin, lines, stderr, next_id: 1, peer_id: String::new(), addrs: Vec::new() };
+        let mut node = JsNode {
+            child,
+            stdin,
+            lines,
+            stderr,
+            next_id: 1,
+            peer_id: String::new(),
+            addrs: Vec::new(),
+        };
         let listening = node
             .wait_line(JS_READY_TIMEOUT, "the js node to listen", |v| v["event"] == "listening")
             .await?;
         node.peer_id = listening["peer_id"].as_str().unwrap_or_default().to_owned();
-        node.addrs =
-            listening["addrs"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_owned)).collect();
+        node.addrs = listening["addrs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
         if node.peer_id.is_empty() || node.addrs.is_empty() {
             bail!("js node announced no peer id or address: {listening}");
         }
@@ -112,7 +127,12 @@ impl JsNode {
     ) -> anyhow::Result<Value> {
         let lines = self.lines.clone();
         let res = wait_for_value(deadline, what, || {
-            let found = lines.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|v| pred(v)).cloned();
+            let found = lines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|v| pred(v))
+                .cloned();
             async move { found }
         })
         .await;
@@ -137,7 +157,9 @@ impl JsNode {
         let stdin = self.stdin.as_mut().context("js node stdin is closed")?;
         writeln!(stdin, "{cmd}")?;
         stdin.flush()?;
-        let answer = self.wait_line(deadline, &format!("js answer to {cmd}"), |v| v["id"] == json!(id)).await?;
+        let answer = self
+            .wait_line(deadline, &format!("js answer to {cmd}"), |v| v["id"] == json!(id))
+            .await?;
         if answer["ok"] != json!(true) {
             bail!("js node failed {cmd}: {answer}");
         }
@@ -150,6 +172,11 @@ impl Drop for JsNode {
         drop(self.stdin.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
-        eprintln!("----- js node {} -----\nstdout: {:?}\nstderr: {}", self.peer_id, self.lines(), self.stderr());
+        eprintln!(
+            "----- js node {} -----\nstdout: {:?}\nstderr: {}",
+            self.peer_id,
+            self.lines(),
+            self.stderr()
+        );
     }
 }

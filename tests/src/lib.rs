@@ -13,6 +13,7 @@ pub mod cli;
 pub mod harness;
 pub mod js;
 pub mod netns;
+pub mod ops;
 pub mod wait;
 
 pub use harness::{Daemon, DaemonOpts};

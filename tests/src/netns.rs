@@ -32,9 +32,16 @@ pub struct NetnsPair {
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().with_context(|| format!("running ip {args:?}"))?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("running ip {args:?}"))?;
     if !out.status.success() {
-        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -50,8 +57,16 @@ impl NetnsPair {
         // pid + counter: unique across concurrently running test processes; veth names stay <= 15 chars.
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}x{n}", std::process::id());
-        let a = NetnsEnd { ns: format!("firma-e2e-{tag}-a"), veth: format!("fv{tag}a"), addr: "10.250.0.1".into() };
-        let b = NetnsEnd { ns: format!("firma-e2e-{tag}-b"), veth: format!("fv{tag}b"), addr: "10.250.0.2".into() };
+        let a = NetnsEnd {
+            ns: format!("firma-e2e-{tag}-a"),
+            veth: format!("fv{tag}a"),
+            addr: "10.250.0.1".into(),
+        };
+        let b = NetnsEnd {
+            ns: format!("firma-e2e-{tag}-b"),
+            veth: format!("fv{tag}b"),
+            addr: "10.250.0.2".into(),
+        };
         if let Err(e) = ip(&["netns", "add", &a.ns]) {
             println!("SKIP: cannot create a network namespace here: {e:#}");
             return Ok(None);
@@ -60,10 +75,20 @@ impl NetnsPair {
         let pair = NetnsPair { a, b };
         ip(&["netns", "add", &pair.b.ns])?;
         let (a, b) = (&pair.a, &pair.b);
-        ip(&["-n", &a.ns, "link", "add", &a.veth, "type", "veth", "peer", "name", &b.veth, "netns", &b.ns])?;
+        ip(&[
+            "-n", &a.ns, "link", "add", &a.veth, "type", "veth", "peer", "name", &b.veth, "netns", &b.ns,
+        ])?;
         for end in [a, b] {
             ip(&["-n", &end.ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &end.ns, "addr", "add", &format!("{}/30", end.addr), "dev", &end.veth])?;
+            ip(&[
+                "-n",
+                &end.ns,
+                "addr",
+                "add",
+                &format!("{}/30", end.addr),
+                "dev",
+                &end.veth,
+            ])?;
             ip(&["-n", &end.ns, "link", "set", &end.veth, "multicast", "on"])?;
             ip(&["-n", &end.ns, "link", "set", &end.veth, "up"])?;
         }

@@ -11,10 +11,17 @@ use firma_tests::{Daemon, DaemonOpts, wait_for};
 
 /// Start with `toml` as the config file; require a non-zero exit whose output names `key`.
 async fn refused(name: &str, toml: &str, key: &str) -> anyhow::Result<()> {
-    let mut d = Daemon::launch(DaemonOpts { config: Some(toml.to_owned()), ..DaemonOpts::named(name) })?;
+    let mut d = Daemon::launch(DaemonOpts {
+        config: Some(toml.to_owned()),
+        ..DaemonOpts::named(name)
+    })?;
     let st = d.wait_exit(Duration::from_secs(20)).await?;
     ensure!(!st.success(), "daemon accepted config {toml:?} (exit {st})");
-    ensure!(d.log().contains(key), "error for {toml:?} does not name `{key}`:\n{}", d.log());
+    ensure!(
+        d.log().contains(key),
+        "error for {toml:?} does not name `{key}`:\n{}",
+        d.log()
+    );
     Ok(())
 }
 
@@ -23,7 +30,12 @@ async fn bad_config_names_the_key() -> anyhow::Result<()> {
     refused("badtop", "bogus_setting = 1\n", "bogus_setting").await?;
     refused("badnest", "[network.retry]\ninitial_dely = \"1s\"\n", "initial_dely").await?;
     refused("badval", "[network.retry]\njitter = 3.0\n", "network.retry.jitter").await?;
-    refused("badaddr", "[network]\nbootstrap = [\"/ip4/127.0.0.1/tcp/1\"]\n", "network.bootstrap[0]").await?;
+    refused(
+        "badaddr",
+        "[network]\nbootstrap = [\"/ip4/127.0.0.1/tcp/1\"]\n",
+        "network.bootstrap[0]",
+    )
+    .await?;
     // The environment is checked the same way.
     let opts = DaemonOpts {
         env: vec![("FIRMA_NETWORK__RETRY__JITTER".into(), "7".into())],
@@ -31,7 +43,11 @@ async fn bad_config_names_the_key() -> anyhow::Result<()> {
     };
     let mut d = Daemon::launch(opts)?;
     let st = d.wait_exit(Duration::from_secs(20)).await?;
-    ensure!(!st.success() && d.log().contains("jitter"), "bad env value accepted or not named (exit {st}):\n{}", d.log());
+    ensure!(
+        !st.success() && d.log().contains("jitter"),
+        "bad env value accepted or not named (exit {st}):\n{}",
+        d.log()
+    );
     Ok(())
 }
 
@@ -42,7 +58,11 @@ fn count_reloads(log: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reload_keeps_connections() -> anyhow::Result<()> {
     let cfg = "[network]\nrtt_event_interval = \"5s\"\n";
-    let a = Daemon::spawn(DaemonOpts { config: Some(cfg.into()), ..DaemonOpts::named("hup-a") }).await?;
+    let a = Daemon::spawn(DaemonOpts {
+        config: Some(cfg.into()),
+        ..DaemonOpts::named("hup-a")
+    })
+    .await?;
     let b = Daemon::spawn(DaemonOpts::named("hup-b")).await?;
     a.connect_to(&b).await?;
     let pid = a.pid();
@@ -63,10 +83,14 @@ async fn sighup_reload_keeps_connections() -> anyhow::Result<()> {
     // An invalid change: refused, daemon keeps running with the old config.
     std::fs::write(&config_path, "[network]\nrtt_event_intervall = \"7s\"\n")?;
     a.signal(nix::sys::signal::Signal::SIGHUP)?;
-    wait_for(Duration::from_secs(10), "the refused reload to name the bad key", || {
-        let hit = a.log().contains("rtt_event_intervall");
-        async move { hit }
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the refused reload to name the bad key",
+        || {
+            let hit = a.log().contains("rtt_event_intervall");
+            async move { hit }
+        },
+    )
     .await
     .with_context(|| a.log_tail())?;
 
@@ -75,7 +99,10 @@ async fn sighup_reload_keeps_connections() -> anyhow::Result<()> {
     b.wait_connected(a.peer_id(), CONNECT_TIMEOUT).await?;
     let conn = a.client().await?;
     let batch = flatten(conn.client.events(ctx(Duration::from_secs(10)), head, 1024, 0).await)?;
-    let dropped = batch.events.iter().any(|e| matches!(&e.event, Event::PeerDisconnected { peer_id, .. } if peer_id == b.peer_id()));
+    let dropped = batch
+        .events
+        .iter()
+        .any(|e| matches!(&e.event, Event::PeerDisconnected { peer_id, .. } if peer_id == b.peer_id()));
     ensure!(!dropped, "b was disconnected during the reloads: {batch:?}");
     Ok(())
 }

@@ -22,10 +22,18 @@ async fn js_nodes_ping_and_identify_each_other() -> anyhow::Result<()> {
     let ping = x.request(json!({"cmd": "ping", "addr": y.addr()}), STEP).await?;
     ensure!(ping["rtt_ms"].is_number(), "ping answered {ping}");
     let yid = y.peer_id.clone();
-    let seen = x.wait_line(STEP, "x to identify y", |v| v["event"] == "identify" && v["peer_id"] == yid.as_str()).await?;
+    let seen = x
+        .wait_line(STEP, "x to identify y", |v| {
+            v["event"] == "identify" && v["peer_id"] == yid.as_str()
+        })
+        .await?;
     ensure!(seen["agent"] == "firma-js-other/2.0.0", "x saw agent {}", seen["agent"]);
     let xid = x.peer_id.clone();
-    let seen = y.wait_line(STEP, "y to identify x", |v| v["event"] == "identify" && v["peer_id"] == xid.as_str()).await?;
+    let seen = y
+        .wait_line(STEP, "y to identify x", |v| {
+            v["event"] == "identify" && v["peer_id"] == xid.as_str()
+        })
+        .await?;
     ensure!(seen["agent"] == JS_AGENT, "y saw agent {}", seen["agent"]);
     Ok(())
 }
@@ -39,29 +47,45 @@ fn daemon_opts(name: &str) -> DaemonOpts {
 
 /// The daemon's view of the js node: identified as js, with ping measured.
 async fn daemon_sees_js(d: &Daemon, js: &JsNode) -> anyhow::Result<()> {
-    wait_for(STEP, "the daemon to identify the js node and measure its RTT", || async {
-        d.peer(&js.peer_id)
-            .await
-            .is_ok_and(|p| p.connected && p.agent.as_deref() == Some(JS_AGENT) && p.last_rtt_us.is_some())
-    })
+    wait_for(
+        STEP,
+        "the daemon to identify the js node and measure its RTT",
+        || async {
+            d.peer(&js.peer_id)
+                .await
+                .is_ok_and(|p| p.connected && p.agent.as_deref() == Some(JS_AGENT) && p.last_rtt_us.is_some())
+        },
+    )
     .await
     .map_err(|e| e.context(format!("daemon log:\n{}", d.log_tail())))?;
     let p = d.peer(&js.peer_id).await?;
-    ensure!(p.protocols.iter().any(|x| x == "/ipfs/ping/1.0.0"), "js protocols seen by the daemon: {:?}", p.protocols);
+    ensure!(
+        p.protocols.iter().any(|x| x == "/ipfs/ping/1.0.0"),
+        "js protocols seen by the daemon: {:?}",
+        p.protocols
+    );
     Ok(())
 }
 
 /// The js node's view of the daemon: identified as firma-transportd, and pingable.
 async fn js_sees_daemon(js: &mut JsNode, d: &Daemon) -> anyhow::Result<()> {
     let id = d.peer_id().to_owned();
-    let seen = js.wait_line(STEP, "js to identify the daemon", |v| v["event"] == "identify" && v["peer_id"] == id.as_str()).await?;
+    let seen = js
+        .wait_line(STEP, "js to identify the daemon", |v| {
+            v["event"] == "identify" && v["peer_id"] == id.as_str()
+        })
+        .await?;
     ensure!(
-        seen["agent"].as_str().is_some_and(|a| a.starts_with("firma-transportd/")),
+        seen["agent"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("firma-transportd/")),
         "js saw agent {} from the daemon",
         seen["agent"]
     );
     ensure!(
-        seen["protocols"].as_array().is_some_and(|ps| ps.iter().any(|p| p == "/ipfs/ping/1.0.0")),
+        seen["protocols"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p == "/ipfs/ping/1.0.0")),
         "daemon protocols seen by js: {}",
         seen["protocols"]
     );
@@ -75,7 +99,11 @@ async fn daemon_dials_js_node() -> anyhow::Result<()> {
     let d = Daemon::spawn(daemon_opts("to-js")).await?;
     let mut js = JsNode::spawn(JS_AGENT).await?;
     let out = d.connect(js.addr()).await?;
-    ensure!(out.peer_id == js.peer_id, "daemon reached {} instead of the js node", out.peer_id);
+    ensure!(
+        out.peer_id == js.peer_id,
+        "daemon reached {} instead of the js node",
+        out.peer_id
+    );
     d.wait_connected(&js.peer_id, CONNECT_TIMEOUT).await?;
     daemon_sees_js(&d, &js).await?;
     js_sees_daemon(&mut js, &d).await?;

@@ -25,7 +25,10 @@ async fn sigterm_restart_reconnects_within_2s() -> anyhow::Result<()> {
     a.wait_connected(b.peer_id(), Duration::from_secs(10)).await?;
     let took = t0.elapsed();
     println!("dialler restart: ready after {ready:?}, reconnected after {took:?}");
-    ensure!(took <= RECONNECT_BUDGET, "dialler reconnected after {took:?} (ready after {ready:?}), budget {RECONNECT_BUDGET:?}");
+    ensure!(
+        took <= RECONNECT_BUDGET,
+        "dialler reconnected after {took:?} (ready after {ready:?}), budget {RECONNECT_BUDGET:?}"
+    );
     b.wait_connected(a.peer_id(), CONNECT_TIMEOUT).await?;
 
     // The listener restarts on a new port: the other side cannot reach it at the old one, so the
@@ -37,7 +40,10 @@ async fn sigterm_restart_reconnects_within_2s() -> anyhow::Result<()> {
     b.wait_connected(a.peer_id(), Duration::from_secs(10)).await?;
     let took = t0.elapsed();
     println!("listener restart: reconnected after {took:?}");
-    ensure!(took <= RECONNECT_BUDGET, "listener reconnected after {took:?}, budget {RECONNECT_BUDGET:?}");
+    ensure!(
+        took <= RECONNECT_BUDGET,
+        "listener reconnected after {took:?}, budget {RECONNECT_BUDGET:?}"
+    );
     a.wait_connected(b.peer_id(), CONNECT_TIMEOUT).await?;
     Ok(())
 }
@@ -59,15 +65,29 @@ async fn sigkill_restart_keeps_store() -> anyhow::Result<()> {
     ds[0].kill9().await?;
     // A killed daemon leaves its socket file; the next start must probe it and take over.
     let st = ds[0].start().await?;
-    ensure!(st.peer_id == a_id, "peer id changed across SIGKILL: {a_id} -> {}", st.peer_id);
-    ensure!(std::fs::read(&key)? == key_before, "identity.key changed across SIGKILL");
-    ensure!(st.store.health == StoreHealth::Healthy, "store after SIGKILL: {:?}", st.store);
+    ensure!(
+        st.peer_id == a_id,
+        "peer id changed across SIGKILL: {a_id} -> {}",
+        st.peer_id
+    );
+    ensure!(
+        std::fs::read(&key)? == key_before,
+        "identity.key changed across SIGKILL"
+    );
+    ensure!(
+        st.store.health == StoreHealth::Healthy,
+        "store after SIGKILL: {:?}",
+        st.store
+    );
     ensure!(st.pinned_peers == 1, "pinned_peers after SIGKILL: {}", st.pinned_peers);
 
     let a = &ds[0];
     let known = a.peers(PeerFilter::Known).await?;
     for id in [&b_id, &c_id] {
-        ensure!(known.iter().any(|p| &p.peer_id == id), "peer {id} forgotten after SIGKILL: {known:?}");
+        ensure!(
+            known.iter().any(|p| &p.peer_id == id),
+            "peer {id} forgotten after SIGKILL: {known:?}"
+        );
     }
     let pb = a.peer(&b_id).await?;
     ensure!(pb.pinned, "b no longer pinned after SIGKILL: {pb:?}");

@@ -16,7 +16,11 @@ use tokio::net::UnixStream;
 const NOBODY: u32 = 65534;
 
 fn mode(path: &std::path::Path) -> anyhow::Result<u32> {
-    Ok(std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?.permissions().mode() & 0o7777)
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("stat {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o7777)
 }
 
 /// Run sockprobe against `socket` as uid/gid `NOBODY`; its JSON line.
@@ -31,25 +35,42 @@ async fn probe_as_nobody(socket: &std::path::Path) -> anyhow::Result<serde_json:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_modes_and_foreign_uid_refused() -> anyhow::Result<()> {
-    let d = Daemon::spawn(DaemonOpts { world_traversable: true, ..DaemonOpts::named("perm") }).await?;
+    let d = Daemon::spawn(DaemonOpts {
+        world_traversable: true,
+        ..DaemonOpts::named("perm")
+    })
+    .await?;
     let dir = d.socket().parent().context("socket has no parent")?;
     ensure!(mode(dir)? == 0o750, "socket dir mode {:o}", mode(dir)?);
     ensure!(mode(d.socket())? == 0o660, "socket mode {:o}", mode(d.socket())?);
-    ensure!(mode(d.state_dir())? == 0o700, "state dir mode {:o}", mode(d.state_dir())?);
+    ensure!(
+        mode(d.state_dir())? == 0o700,
+        "state dir mode {:o}",
+        mode(d.state_dir())?
+    );
     let key = d.state_dir().join("identity.key");
     ensure!(mode(&key)? == 0o600, "identity.key mode {:o}", mode(&key)?);
 
     // With the daemon's modes, nobody cannot even reach the socket.
     let p = probe_as_nobody(d.socket()).await?;
-    ensure!(p["connect"].as_str().is_some_and(|s| s.starts_with("error")), "nobody connected through 0750: {p}");
+    ensure!(
+        p["connect"].as_str().is_some_and(|s| s.starts_with("error")),
+        "nobody connected through 0750: {p}"
+    );
 
     // Loosen the file modes on purpose: the daemon's own credential check must still refuse.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666))?;
     let p = probe_as_nobody(d.socket()).await?;
     ensure!(p["uid"] == NOBODY, "probe did not run as nobody: {p}");
-    ensure!(p["connect"] == "ok", "probe could not connect through loosened modes: {p}");
-    ensure!(p["read"] != "timeout" && !p["read"].as_str().is_some_and(|s| s.starts_with("data")), "nobody got an answer or was kept open: {p}");
+    ensure!(
+        p["connect"] == "ok",
+        "probe could not connect through loosened modes: {p}"
+    );
+    ensure!(
+        p["read"] != "timeout" && !p["read"].as_str().is_some_and(|s| s.starts_with("data")),
+        "nobody got an answer or was kept open: {p}"
+    );
 
     let conn = d.client().await?;
     wait_for(Duration::from_secs(5), "an audit record of the refused uid", || async {
@@ -67,7 +88,10 @@ async fn expect_closed(d: &Daemon, what: &str, bytes: &[u8]) -> anyhow::Result<(
     // The write may fail half-way once the daemon has already hung up; that is a close too.
     let _ = s.write_all(bytes).await;
     // Meanwhile other clients are served.
-    ensure!(d.status().await.is_ok(), "status failed while a {what} connection was open");
+    ensure!(
+        d.status().await.is_ok(),
+        "status failed while a {what} connection was open"
+    );
     let mut buf = vec![0u8; 64 * 1024];
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -119,7 +143,10 @@ async fn garbage_and_huge_frames_leave_daemon_serving() -> anyhow::Result<()> {
     }
 
     let rss_after = vm_rss_kib(&d)?;
-    ensure!(rss_after < rss_before + 64 * 1024, "RSS grew from {rss_before} KiB to {rss_after} KiB");
+    ensure!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
     let mut d = d;
     ensure!(d.is_running(), "daemon died");
     let st = d.status().await?;
@@ -140,19 +167,39 @@ async fn second_daemon_on_same_socket_and_state_fails_clearly() -> anyhow::Resul
     let st = second.wait_exit(Duration::from_secs(20)).await?;
     ensure!(!st.success(), "second daemon exited with {st}");
     let log = second.log();
-    let names_it = log.contains(&*first.socket().to_string_lossy()) || log.contains(&*first.state_dir().to_string_lossy());
-    ensure!(names_it, "second daemon's error names neither the socket nor the state dir:\n{log}");
-    ensure!(log.to_lowercase().contains("already"), "second daemon's error does not say another one is running:\n{log}");
+    let names_it =
+        log.contains(&*first.socket().to_string_lossy()) || log.contains(&*first.state_dir().to_string_lossy());
+    ensure!(
+        names_it,
+        "second daemon's error names neither the socket nor the state dir:\n{log}"
+    );
+    ensure!(
+        log.to_lowercase().contains("already"),
+        "second daemon's error does not say another one is running:\n{log}"
+    );
     // The first one is untouched.
-    ensure!(first.socket().exists(), "the second daemon removed the first one's socket");
-    ensure!(first.status().await?.peer_id == first.peer_id(), "first daemon no longer answers");
+    ensure!(
+        first.socket().exists(),
+        "the second daemon removed the first one's socket"
+    );
+    ensure!(
+        first.status().await?.peer_id == first.peer_id(),
+        "first daemon no longer answers"
+    );
 
     // The same with only the socket shared (a different state dir).
-    let opts = DaemonOpts { socket: Some(first.socket().to_owned()), ..DaemonOpts::named("third") };
+    let opts = DaemonOpts {
+        socket: Some(first.socket().to_owned()),
+        ..DaemonOpts::named("third")
+    };
     let mut third = Daemon::launch(opts)?;
     let st = third.wait_exit(Duration::from_secs(20)).await?;
     ensure!(!st.success(), "daemon on a taken socket exited with {st}");
-    ensure!(third.log().contains(&*first.socket().to_string_lossy()), "error does not name the socket:\n{}", third.log());
+    ensure!(
+        third.log().contains(&*first.socket().to_string_lossy()),
+        "error does not name the socket:\n{}",
+        third.log()
+    );
     ensure!(first.status().await.is_ok(), "first daemon no longer answers");
     Ok(())
 }

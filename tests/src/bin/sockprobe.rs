@@ -19,7 +19,10 @@ fn main() {
     let mut stream = match UnixStream::connect(&path) {
         Ok(s) => s,
         Err(e) => {
-            println!("{}", serde_json::json!({ "uid": uid, "connect": format!("error: {e}"), "kind": format!("{:?}", e.kind()) }));
+            println!(
+                "{}",
+                serde_json::json!({ "uid": uid, "connect": format!("error: {e}"), "kind": format!("{:?}", e.kind()) })
+            );
             return;
         }
     };
@@ -41,5 +44,8 @@ fn main() {
         }
         Err(e) => format!("error: {e}"),
     };
-    println!("{}", serde_json::json!({ "uid": uid, "connect": "ok", "write": write, "read": read }));
+    println!(
+        "{}",
+        serde_json::json!({ "uid": uid, "connect": "ok", "write": write, "read": read })
+    );
 }
