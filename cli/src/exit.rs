@@ -3,7 +3,7 @@
 //!
 //! The mapping lives here once so that every command fails the same way.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -146,9 +146,10 @@ pub fn report(err: &CliError, json: bool) -> Exit {
     if err.is_broken_pipe() {
         return Exit::Ok;
     }
-    eprintln!("error: {err}");
+    // Nothing is left to report a failed write of the report to: ignore it.
+    let _ = writeln!(io::stderr().lock(), "error: {err}");
     if json && !matches!(err, CliError::Output(_)) {
-        println!("{}", json_error(err));
+        let _ = writeln!(io::stdout().lock(), "{}", json_error(err));
     }
     err.exit()
 }

@@ -1,6 +1,6 @@
 //! Where results go: JSON (the API types' own serde form, for scripts and tests) or text for
 //! people (aligned tables and key/value lists). Commands hand a value and a text renderer to
-//! [`Output::emit`]; nothing else in firmactl writes to stdout.
+//! [`Output::emit`]; apart from the failure report (exit.rs), nothing else writes to stdout.
 
 use std::io::{self, Write};
 
@@ -40,6 +40,12 @@ impl Output {
     pub fn json_line<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), CliError> {
         let text = serde_json::to_string(value).map_err(io::Error::other)?;
         self.line(&text)
+    }
+
+    /// A remark for the person at the terminal (progress, reconnects) on stderr, so that stdout
+    /// stays pure data in every mode. A failed write to stderr has nowhere to be reported: ignored.
+    pub fn notice(&self, text: &str) {
+        let _ = writeln!(io::stderr().lock(), "{text}");
     }
 
     /// Print one line of text. Flushed at once, so a `watch` piped into another program is live.

@@ -5,7 +5,7 @@
 //! `resync` or a changed `instance`, whether the daemon restarted, and [`Cursor`] turns that into
 //! one resync notice and a jump to the daemon's new head. Ctrl-C ends the loop with exit 0.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use firma_ipc::ErrorCode;
@@ -27,6 +27,9 @@ const _: () = assert!(
     POLL_WAIT_MS <= MAX_EVENTS_WAIT_MS,
     "the daemon would cut the poll short"
 );
+/// An empty answer sooner than this means the daemon did not hold the poll; waiting out the rest
+/// keeps a misbehaving daemon from turning the watch into a busy loop.
+const MIN_EMPTY_POLL: Duration = Duration::from_millis(250);
 const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(200);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
 
@@ -68,8 +71,13 @@ async fn follow(mut session: Session, out: Output, args: WatchArgs) -> Result<()
     let mut backoff = Backoff::new(RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY);
     // The daemon holds the poll up to POLL_WAIT_MS; the deadline adds the normal call timeout on top.
     let deadline = Duration::from_millis(u64::from(POLL_WAIT_MS)) + session.timeout();
+    out.notice(&format!(
+        "watching the daemon at {} after event #{start} (Ctrl-C to stop)",
+        session.path().display()
+    ));
     loop {
         let after = cursor.after;
+        let asked = Instant::now();
         let polled = session
             .call_within(deadline, |c, ctx| async move {
                 c.events(ctx, after, MAX_EVENTS_BATCH, POLL_WAIT_MS).await
@@ -78,6 +86,9 @@ async fn follow(mut session: Session, out: Output, args: WatchArgs) -> Result<()
         match polled {
             Ok(batch) => {
                 backoff.reset();
+                if batch.events.is_empty() && !batch.resync {
+                    tokio::time::sleep(MIN_EMPTY_POLL.saturating_sub(asked.elapsed())).await;
+                }
                 let step = cursor.apply(&batch);
                 if let Some(resync) = &step.resync {
                     print_resync(out, resync)?;
@@ -90,23 +101,23 @@ async fn follow(mut session: Session, out: Output, args: WatchArgs) -> Result<()
             }
             // The daemon is up but cannot serve events right now (e.g. it is shutting down): wait, ask again.
             Err(CliError::Daemon(e)) if e.code == ErrorCode::Unavailable => {
-                eprintln!("the daemon is unavailable ({e}), retrying…");
+                out.notice(&format!("the daemon is unavailable ({e}), retrying…"));
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(CliError::ConnectionLost { .. } | CliError::Timeout { .. }) => {
-                eprintln!("daemon went away, reconnecting…");
+                out.notice("daemon went away, reconnecting…");
                 let path = session.path().to_owned();
                 let mut last_reason = String::new();
                 session = Session::open_with_retry(&path, session.timeout(), &mut backoff, |e| {
                     // Say why we are still waiting, but only when the reason changes.
                     let reason = e.to_string().lines().next().unwrap_or_default().to_owned();
                     if reason != last_reason {
-                        eprintln!("  still waiting: {reason}");
+                        out.notice(&format!("  still waiting: {reason}"));
                         last_reason = reason;
                     }
                 })
                 .await?;
-                eprintln!("reconnected to the daemon at {}", path.display());
+                out.notice(&format!("reconnected to the daemon at {}", path.display()));
             }
             Err(e) => return Err(e),
         }
