@@ -86,7 +86,7 @@ struct Global {
 #[derive(Debug, Args)]
 struct PeerArg {
     /// The peer's id, e.g. 12D3KooW... (full ids: firmactl --json peers --known).
-    #[arg(value_name = "PEER_ID")]
+    #[arg(value_name = "PEER_ID", value_parser = commands::peer_id_arg)]
     peer_id: String,
 }
 
@@ -248,7 +248,7 @@ mod tests {
     }
 
     #[test]
-    fn peer_filters_exclude_each_other() {
+    fn peer_filters_exclude_each_other_and_ids_must_be_whole() {
         let filter = |args: &[&str]| match parse(args).expect("parses").command {
             Command::Peers(p) => p.filter(),
             other => panic!("parsed as {other:?}"),
@@ -258,6 +258,10 @@ mod tests {
         assert_eq!(filter(&["peers", "--pinned"]), PeerFilter::Pinned);
         let err = parse(&["peers", "--known", "--pinned"]).expect_err("conflict");
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let err = parse(&["peer", "12D3KooW…CVe2Xo"]).expect_err("shortened id");
+        assert!(err.to_string().contains("firmactl --json peers --known"), "{err}");
+        let err = parse(&["history", "--peer", "12D3KooW…CVe2Xo"]).expect_err("shortened id");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::output::{Output, render, table};
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// Only connections to this peer.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = crate::commands::peer_id_arg)]
     pub peer: Option<String>,
     /// At most this many records (the daemon may cap it lower).
     #[arg(long, value_name = "N", default_value_t = 50)]

@@ -14,3 +14,17 @@ pub mod peers;
 pub mod status;
 pub mod topology;
 pub mod watch;
+
+/// Value parser for arguments that name a peer: catches the shortened ids the tables print
+/// (`12D3KooW…CVe2Xo`) before the daemon rejects them with a less helpful message.
+pub fn peer_id_arg(text: &str) -> Result<String, String> {
+    if text.contains('…') {
+        return Err("this is a shortened peer id as tables show it; the full ids are in: \
+                    firmactl --json peers --known"
+            .to_owned());
+    }
+    if text.trim().is_empty() {
+        return Err("a peer id cannot be empty".to_owned());
+    }
+    Ok(text.to_owned())
+}

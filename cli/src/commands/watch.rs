@@ -40,7 +40,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "N")]
     pub since: Option<u64>,
     /// Only events about this peer.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = crate::commands::peer_id_arg)]
     pub peer: Option<String>,
 }
 
