@@ -105,3 +105,58 @@ impl Drop for NetnsPair {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn netns_list() -> String {
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn pair_is_wired_and_removed_on_drop() -> anyhow::Result<()> {
+        let Some(pair) = NetnsPair::create()? else {
+            return Ok(());
+        };
+        let names = [pair.a.ns.clone(), pair.b.ns.clone()];
+        for end in [&pair.a, &pair.b] {
+            let out = Command::new("ip")
+                .args(["-n", &end.ns, "-4", "addr", "show", "dev", &end.veth])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            anyhow::ensure!(
+                text.contains(&format!("{}/30", end.addr)),
+                "{} lacks its address: {text}",
+                end.veth
+            );
+            anyhow::ensure!(
+                text.contains("MULTICAST") && text.contains(",UP"),
+                "{} not up with multicast: {text}",
+                end.veth
+            );
+        }
+        // Nothing of it shows in the machine's own namespace.
+        let host = Command::new("ip").args(["link", "show"]).output()?;
+        anyhow::ensure!(
+            !String::from_utf8_lossy(&host.stdout).contains(&pair.a.veth),
+            "veth leaked into the host namespace"
+        );
+        anyhow::ensure!(
+            names.iter().all(|n| netns_list().contains(n.as_str())),
+            "namespaces missing: {}",
+            netns_list()
+        );
+        drop(pair);
+        anyhow::ensure!(
+            names.iter().all(|n| !netns_list().contains(n.as_str())),
+            "namespaces left behind: {}",
+            netns_list()
+        );
+        Ok(())
+    }
+}

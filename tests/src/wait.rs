@@ -44,3 +44,47 @@ where
         tokio::time::sleep(POLL).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn returns_when_the_condition_holds() -> anyhow::Result<()> {
+        let start = Instant::now();
+        let took = wait_for(Duration::from_secs(5), "a clock", || async move {
+            start.elapsed() >= POLL * 3
+        })
+        .await?;
+        anyhow::ensure!(took >= POLL * 3 && took < Duration::from_secs(2), "took {took:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn fails_after_the_deadline_naming_what() -> anyhow::Result<()> {
+        let start = Instant::now();
+        let err = wait_for(Duration::from_millis(100), "the impossible", || async { false }).await;
+        let msg = format!("{:#}", err.err().context("a false condition was met")?);
+        anyhow::ensure!(msg.contains("the impossible"), "{msg}");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(2),
+            "overran the deadline: {:?}",
+            start.elapsed()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_hanging_check_does_not_outlive_the_deadline() -> anyhow::Result<()> {
+        let start = Instant::now();
+        let r = wait_for(Duration::from_millis(100), "a hang", || std::future::pending::<bool>()).await;
+        anyhow::ensure!(
+            r.is_err() && start.elapsed() < Duration::from_secs(2),
+            "{r:?} after {:?}",
+            start.elapsed()
+        );
+        Ok(())
+    }
+}
