@@ -70,6 +70,7 @@ struct Cli {
 
 /// Flags every command takes, before or after its name.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 struct Global {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "FIRMA_SOCKET", hide_env_values = true, value_name = "PATH", default_value_os_t = firma_ipc::paths::default_socket())]
