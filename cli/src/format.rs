@@ -93,13 +93,16 @@ pub fn bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// A metric value: whole numbers without a fraction (counters), others as they are.
+/// A metric value: whole numbers without a fraction (counters), others to three decimals.
 pub fn metric_value(v: f64) -> String {
-    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{v:.0}")
-    } else {
-        format!("{v}")
+    if !v.is_finite() {
+        return format!("{v}");
     }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        return format!("{v:.0}");
+    }
+    let text = format!("{v:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 pub fn on_off(on: bool) -> &'static str {
@@ -225,6 +228,8 @@ mod tests {
         assert_eq!(bytes(10 * 1024 * 1024 * 1024), "10.0 GiB");
         assert_eq!(metric_value(42.0), "42");
         assert_eq!(metric_value(0.25), "0.25");
+        assert_eq!(metric_value(4.897400033), "4.897");
+        assert_eq!(metric_value(2.0004), "2");
         assert_eq!(metric_value(f64::NAN), "NaN");
         assert_eq!(percent(1, 3), "33%");
         assert_eq!(percent(0, 0), "100%");

@@ -223,13 +223,18 @@ fn print_resync(out: Output, r: &Resync) -> Result<(), CliError> {
 }
 
 fn describe_resync(r: &Resync) -> String {
-    let why = match r.reason {
-        ResyncReason::DaemonRestarted => "the daemon restarted and numbers its events anew",
-        ResyncReason::FellBehind => "the daemon no longer keeps the events after the last one seen here",
+    let what = match r.reason {
+        ResyncReason::DaemonRestarted => {
+            format!(
+                "the daemon restarted and numbers its events anew (last seen here: #{} of its previous run)",
+                r.after
+            )
+        }
+        ResyncReason::FellBehind => format!("the daemon no longer keeps the events after #{}", r.after),
     };
     format!(
-        "-- resync: {why}; events after #{} were missed, continuing from #{} (fresh state: firmactl status, firmactl peers)",
-        r.after, r.head
+        "-- resync: {what}; events were missed. Continuing after #{}; fresh state: firmactl status, firmactl peers",
+        r.head
     )
 }
 
@@ -392,7 +397,8 @@ mod tests {
             v,
             serde_json::json!({"resync": true, "reason": "daemon_restarted", "after": 5, "head": 1, "instance": 9})
         );
-        assert!(describe_resync(&r).contains("continuing from #1"));
+        assert!(describe_resync(&r).contains("last seen here: #5 of its previous run"));
+        assert!(describe_resync(&r).contains("Continuing after #1;"));
     }
 
     #[test]
