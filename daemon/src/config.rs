@@ -329,6 +329,12 @@ impl Config {
         if self.store.history_retention == 0 {
             return Err(bad("store.history_retention", "must be at least 1"));
         }
+        if self.store.audit_retention == 0 {
+            return Err(bad(
+                "store.audit_retention",
+                "must be at least 1 (the audit log is not optional)",
+            ));
+        }
         if self.events.retained < 16 {
             return Err(bad("events.retained", "must be at least 16"));
         }

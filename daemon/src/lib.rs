@@ -36,13 +36,16 @@ use crate::config::Config;
 use crate::core::{Core, Counters, LiveState};
 use crate::store::{Store, StoreWriter};
 
+/// Applies a new log filter (SIGHUP); errors say why the filter was refused.
+pub type SetLogLevel = dyn Fn(&str) -> anyhow::Result<()> + Send + Sync;
+
 /// How the outside drives a running daemon: a stop token and a stream of reloaded configs.
 pub struct RunControl {
     pub shutdown: CancellationToken,
     /// Each config received is applied without dropping connections (SIGHUP).
     pub reloads: mpsc::Receiver<Config>,
     /// Applies a new log filter; `None` when the caller manages logging itself (tests).
-    pub set_log_level: Option<Box<dyn Fn(&str) -> anyhow::Result<()> + Send + Sync>>,
+    pub set_log_level: Option<Box<SetLogLevel>>,
     /// The control socket when a service manager bound it (`LISTEN_FDS`).
     pub inherited_socket: Option<std::os::unix::net::UnixListener>,
 }
@@ -54,9 +57,17 @@ fn ensure_state_dir(cfg: &Config) -> anyhow::Result<()> {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .with_context(|| format!("creating state directory {} (set another with --state-dir)", dir.display()))?;
+            .with_context(|| {
+                format!(
+                    "creating state directory {} (set another with --state-dir)",
+                    dir.display()
+                )
+            })?;
     }
-    let mode = fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?.permissions().mode();
+    let mode = fs::metadata(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("restricting state directory {} to mode 0700", dir.display()))?;
@@ -92,11 +103,13 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
 
     let (seeds, banned) = {
         let s = store.clone();
-        tokio::task::spawn_blocking(move || seeds_from_store(&s)).await.context("store read task")?
+        tokio::task::spawn_blocking(move || seeds_from_store(&s))
+            .await
+            .context("store read task")?
     };
     let redials = seeds.iter().filter(|s| s.redial).count();
     let net_token = ctl.shutdown.child_token();
-    let net = network::spawn(keypair, &config.network, config.dev, seeds, banned, net_token.clone())?;
+    let net = network::spawn(keypair, &config.network, config.dev, seeds, banned, net_token.clone()).await?;
 
     // Everything that needed root is open: hand our files over and drop privileges for good.
     if let Some(t) = &drop_to {
@@ -105,7 +118,9 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
             privileges::hand_over(t, &[dir, &config.socket, &socket.lock.path])?;
         }
     }
-    let daemon_uid = drop_to.as_ref().map_or_else(|| nix::unistd::geteuid().as_raw(), |t| t.uid.as_raw());
+    let daemon_uid = drop_to
+        .as_ref()
+        .map_or_else(|| nix::unistd::geteuid().as_raw(), |t| t.uid.as_raw());
     match privileges::drop_root(drop_to)? {
         privileges::Outcome::Dropped { user, uid, gid } => tracing::info!(%user, uid, gid, "dropped root privileges"),
         privileges::Outcome::KeptRoot => tracing::warn!("running as root because allow_root is set"),
@@ -127,7 +142,11 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
         }),
         counters: Counters::default(),
     });
-    let tracker = tokio::spawn(tracker::run(core.clone(), net.events, config.network.ping_interval.max(config.network.rtt_event_interval)));
+    let tracker = tokio::spawn(tracker::run(
+        core.clone(),
+        net.events,
+        config.network.ping_interval.max(config.network.rtt_event_interval),
+    ));
 
     let policy = control::auth::AccessPolicy {
         daemon_uid,
@@ -136,7 +155,13 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
     };
     let control_token = ctl.shutdown.child_token();
     let socket_path = socket.path.clone();
-    let control = tokio::spawn(control::serve(socket, core.clone(), policy, config.control.clone(), control_token.clone()));
+    let control = tokio::spawn(control::serve(
+        socket,
+        core.clone(),
+        policy,
+        config.control.clone(),
+        control_token.clone(),
+    ));
 
     tracing::info!(version = env!("CARGO_PKG_VERSION"), %peer_id, "firma-transportd started");
     for a in &net.listen_addrs {
@@ -171,12 +196,26 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
         _ => Vec::new(),
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), tracker).await;
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(3), core.writer.flush()).await.unwrap_or(Ok(())) {
+    // Close open history records but keep "was connected", so those peers are redialled next time.
+    if let Err(e) = core
+        .writer
+        .send(store::StoreOp::DaemonStopping { at_ms: core::now_ms() })
+        .await
+    {
+        tracing::warn!(error = %e, "could not record the stop in the store");
+    }
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(3), core.writer.flush())
+        .await
+        .unwrap_or(Ok(()))
+    {
         tracing::warn!(error = %e, "final store flush failed");
     }
     drop(core);
     let _ = tokio::time::timeout(Duration::from_secs(3), writer_task).await;
-    tracing::info!(connected = connected.len(), "stopped; these peers will be redialled at the next start");
+    tracing::info!(
+        connected = connected.len(),
+        "stopped; these peers will be redialled at the next start"
+    );
     Ok(())
 }
 
@@ -203,7 +242,7 @@ fn seeds_from_store(store: &Store) -> (Vec<network::SeedPeer>, Vec<String>) {
     (seeds, banned)
 }
 
-async fn apply_reload(core: &Core, current: &mut Config, new: Config, set_log_level: Option<&(dyn Fn(&str) -> anyhow::Result<()> + Send + Sync)>) {
+async fn apply_reload(core: &Core, current: &mut Config, new: Config, set_log_level: Option<&SetLogLevel>) {
     if new.log.level != current.log.level
         && let Some(set) = set_log_level
     {

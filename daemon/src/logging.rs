@@ -1,6 +1,8 @@
 //! Logs: journald when running under systemd, readable text on stderr otherwise, JSON on
 //! request. The filter can be changed at runtime (SIGHUP) through the returned handle.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
@@ -26,13 +28,20 @@ pub fn init(cfg: &LogConfig) -> anyhow::Result<FilterHandle> {
         (true, _) => match tracing_journald::layer() {
             Ok(l) => l.with_syslog_identifier("firma-transportd".to_owned()).boxed(),
             // No journal socket: fall back to stderr rather than losing logs.
-            Err(_) => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+            Err(_) => tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .boxed(),
         },
         (false, LogFormat::Json) => tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::io::stderr)
             .boxed(),
-        (false, _) => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        // Colour only for a person at a terminal; files and pipes get plain text.
+        (false, _) => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
     tracing_subscriber::registry()
         .with(output.with_filter(filter_layer))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use firma_ipc::event::Event;
-use firma_ipc::types::{AddrSource, DiscoveryState};
+use firma_ipc::types::DiscoveryState;
 use tokio::sync::mpsc;
 
 use crate::core::{Core, Counters, LiveConn, now_ms};
@@ -85,19 +85,14 @@ fn translate(core: &Core, ev: NetEvent, at: u64, gate: &mut RttGate) -> (Vec<Sto
                     rtt_us: None,
                 },
             );
-            let ops = vec![
-                StoreOp::PeerSeen {
-                    peer_id: peer_id.clone(),
-                    addrs: vec![(addr.clone(), AddrSource::Connection)],
-                    at_ms: at,
-                },
-                StoreOp::PeerConnected {
-                    peer_id: peer_id.clone(),
-                    addr: addr.clone(),
-                    direction,
-                    at_ms: at,
-                },
-            ];
+            // PeerConnected records an outbound address as dialable; an inbound one is the peer's
+            // ephemeral port and is deliberately not kept as an address.
+            let ops = vec![StoreOp::PeerConnected {
+                peer_id: peer_id.clone(),
+                addr: addr.clone(),
+                direction,
+                at_ms: at,
+            }];
             (
                 ops,
                 Some(Event::PeerConnected {

@@ -34,7 +34,7 @@ impl AccessPolicy {
         }
         let user = User::from_uid(Uid::from_raw(caller.uid)).ok().flatten();
         if let Some(user) = &user
-            && self.web_users.iter().any(|w| *w == user.name)
+            && self.web_users.contains(&user.name)
         {
             return Some(Role::Web);
         }
@@ -43,7 +43,7 @@ impl AccessPolicy {
             return Some(Role::Operator);
         }
         let user = user?;
-        if group.mem.iter().any(|m| *m == user.name) {
+        if group.mem.contains(&user.name) {
             return Some(Role::Operator);
         }
         let name = std::ffi::CString::new(user.name.as_bytes()).ok()?;

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use firma_ipc::event::EventBatch;
-use firma_ipc::transfer::{NewTransfer, StagedDocument, TransferFilter, TransferInfo, UploadStart};
 use firma_ipc::service::{MAX_EVENTS_BATCH, MAX_EVENTS_WAIT_MS};
+use firma_ipc::transfer::{NewTransfer, StagedDocument, TransferFilter, TransferInfo, UploadStart};
 use firma_ipc::types::{
     AuditRecord, ConnectOutcome, ConnectionRecord, DiscoveryChange, DiscoveryState, Hello, HistoryQuery, Metric,
     MetricKind, Metrics, PeerFilter, PeerInfo, Role, Status, Topology, TopologyEdge, TopologyNode,
@@ -392,7 +392,13 @@ impl Control for ControlService {
     async fn upload_begin(self, _: Context, _start: UploadStart) -> Result<String, IpcError> {
         Err(no_transfers())
     }
-    async fn upload_chunk(self, _: Context, _id: String, _offset: u64, _data: serde_bytes::ByteBuf) -> Result<u64, IpcError> {
+    async fn upload_chunk(
+        self,
+        _: Context,
+        _id: String,
+        _offset: u64,
+        _data: serde_bytes::ByteBuf,
+    ) -> Result<u64, IpcError> {
         Err(no_transfers())
     }
     async fn upload_finish(self, _: Context, _id: String) -> Result<StagedDocument, IpcError> {
@@ -416,7 +422,14 @@ impl Control for ControlService {
     async fn reject_transfer(self, _: Context, _id: String, _reason: String) -> Result<TransferInfo, IpcError> {
         Err(no_transfers())
     }
-    async fn download(self, _: Context, _t: String, _d: String, _o: u64, _m: u32) -> Result<serde_bytes::ByteBuf, IpcError> {
+    async fn download(
+        self,
+        _: Context,
+        _t: String,
+        _d: String,
+        _o: u64,
+        _m: u32,
+    ) -> Result<serde_bytes::ByteBuf, IpcError> {
         Err(no_transfers())
     }
 }

@@ -173,6 +173,10 @@ pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
         .reclaim_name(true)
         .create_tokio()
         .with_context(|| format!("binding control socket {}", path.display()))?;
+    // bind() masks the mode with the umask, so the socket may start tighter than 0660 (never
+    // looser); widen it to exactly 0660 for the control group.
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting mode 0660 on control socket {}", path.display()))?;
     Ok(ControlSocket {
         listener,
         path: path.to_owned(),

@@ -40,8 +40,7 @@ impl EventLoop {
                 ..
             } => {
                 let reason = cause.map(|c| c.to_string());
-                self.on_closed(peer_id, connection_id, num_established, reason)
-                    .await;
+                self.on_closed(peer_id, connection_id, num_established, reason).await;
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -58,24 +57,16 @@ impl EventLoop {
             } => {
                 tracing::debug!(from = %send_back_addr, peer_id = ?peer_id, "inbound connection refused or failed: {error}");
             }
-            SwarmEvent::NewListenAddr {
-                listener_id,
-                address,
-            } => {
+            SwarmEvent::NewListenAddr { listener_id, address } => {
                 let full = with_p2p(&address, self.local_peer_id);
                 tracing::info!(addr = %full, "listening");
                 self.listeners.insert(listener_id, ListenerState::Bound);
                 if !self.listen_addrs.contains(&full) {
                     self.listen_addrs.push(full.clone());
                 }
-                self.emit(NetEvent::ListenAddrAdded {
-                    addr: full.to_string(),
-                })
-                .await;
+                self.emit(NetEvent::ListenAddrAdded { addr: full.to_string() }).await;
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => {
-                self.remove_listen_addr(&address).await
-            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => self.remove_listen_addr(&address).await,
             SwarmEvent::ListenerClosed {
                 listener_id,
                 addresses,
@@ -86,8 +77,7 @@ impl EventLoop {
                     Err(e) => e.to_string(),
                 };
                 tracing::warn!(listener = ?listener_id, "listener closed: {why}");
-                self.listeners
-                    .insert(listener_id, ListenerState::Failed(why));
+                self.listeners.insert(listener_id, ListenerState::Failed(why));
                 for address in addresses {
                     self.remove_listen_addr(&address).await;
                 }
@@ -111,10 +101,7 @@ impl EventLoop {
         self.listen_addrs.retain(|a| *a != full);
         if self.listen_addrs.len() != before {
             tracing::info!(addr = %full, "no longer listening");
-            self.emit(NetEvent::ListenAddrRemoved {
-                addr: full.to_string(),
-            })
-            .await;
+            self.emit(NetEvent::ListenAddrRemoved { addr: full.to_string() }).await;
         }
     }
 
@@ -162,13 +149,7 @@ impl EventLoop {
         }
     }
 
-    async fn on_closed(
-        &mut self,
-        peer: PeerId,
-        connection_id: ConnectionId,
-        remaining: u32,
-        reason: Option<String>,
-    ) {
+    async fn on_closed(&mut self, peer: PeerId, connection_id: ConnectionId, remaining: u32, reason: Option<String>) {
         if let Some(entry) = self.peers.get_mut(&peer) {
             entry.conns.retain(|c| c.id != connection_id);
         }
@@ -182,8 +163,7 @@ impl EventLoop {
             return;
         }
         // A peer we dialled (or pinned) is worth keeping, unless we closed it ourselves or banned it.
-        if !on_purpose && !self.banned.contains(&peer) && (dialled || self.redial.is_pinned(&peer))
-        {
+        if !on_purpose && !self.banned.contains(&peer) && (dialled || self.redial.is_pinned(&peer)) {
             self.schedule_redial(peer);
         }
         self.emit(NetEvent::Disconnected {
@@ -193,18 +173,11 @@ impl EventLoop {
         .await;
     }
 
-    async fn on_dial_error(
-        &mut self,
-        connection_id: ConnectionId,
-        peer: Option<PeerId>,
-        error: &DialError,
-    ) {
+    async fn on_dial_error(&mut self, connection_id: ConnectionId, peer: Option<PeerId>, error: &DialError) {
         let message = dial_error_message(error);
         tracing::debug!(peer_id = ?peer, "dial failed: {message}");
         if let Some(reply) = self.pending_dials.remove(&connection_id) {
-            let _ = reply.send(Err(IpcError::unavailable(format!(
-                "dial failed: {message}"
-            ))));
+            let _ = reply.send(Err(IpcError::unavailable(format!("dial failed: {message}"))));
         }
         if let Some(peer) = peer
             && self.redial.contains(&peer)
@@ -246,19 +219,15 @@ impl EventLoop {
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
             BehaviourEvent::Kad(event) => self.on_kad_event(event).await,
-            BehaviourEvent::Banned(never)
-            | BehaviourEvent::Limits(never)
-            | BehaviourEvent::Memory(never) => match never {},
+            BehaviourEvent::Banned(never) | BehaviourEvent::Limits(never) | BehaviourEvent::Memory(never) => {
+                match never {}
+            }
         }
     }
 
     async fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
         let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
-        let listen_addrs: Vec<Multiaddr> = info
-            .listen_addrs
-            .into_iter()
-            .take(MAX_IDENTIFY_ADDRS)
-            .collect();
+        let listen_addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS).collect();
         for addr in &listen_addrs {
             // Only DHT servers belong in the routing table.
             self.learn_address(peer, addr, speaks_kad);
@@ -304,12 +273,9 @@ impl EventLoop {
                 addresses,
                 ..
             } => {
-                self.on_discovered(peer, addresses.into_vec(), AddrSource::Dht)
-                    .await;
+                self.on_discovered(peer, addresses.into_vec(), AddrSource::Dht).await;
             }
-            kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
-            } => match result {
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
                 kad::QueryResult::GetClosestPeers(result) => {
                     let peers = match result {
                         Ok(ok) => ok.peers,
@@ -347,12 +313,7 @@ impl EventLoop {
         let Some((_, reply)) = self.pending_finds.remove(&id) else {
             return;
         };
-        let mut known: Vec<String> = self
-            .addresses
-            .get(&target)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let mut known: Vec<String> = self.addresses.get(&target).iter().map(ToString::to_string).collect();
         if let Some(conns) = self.peers.get(&target) {
             for c in &conns.conns {
                 let a = c.addr.to_string();
@@ -362,9 +323,7 @@ impl EventLoop {
             }
         }
         let answer = if known.is_empty() {
-            Err(IpcError::not_found(format!(
-                "peer {target} was not found in the DHT"
-            )))
+            Err(IpcError::not_found(format!("peer {target} was not found in the DHT")))
         } else {
             Ok(known)
         };
@@ -390,9 +349,7 @@ pub(super) fn dial_error_message(error: &DialError) -> String {
                 .collect();
             format!("no address could be reached ({})", parts.join("; "))
         }
-        DialError::NoAddresses => {
-            "no known address for the peer; give a multiaddr or add addresses first".to_owned()
-        }
+        DialError::NoAddresses => "no known address for the peer; give a multiaddr or add addresses first".to_owned(),
         DialError::Denied { cause } => format!("refused by local policy ({cause})"),
         other => error_chain(other),
     }
