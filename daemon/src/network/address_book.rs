@@ -22,12 +22,7 @@ pub(crate) struct AddressBook {
 impl AddressBook {
     /// Remembers `addr` (without any `/p2p` suffix) for `peer`. Returns true when it was new.
     /// `keep` says which peers must not be evicted to make room (pinned, connected).
-    pub(crate) fn add(
-        &mut self,
-        peer: PeerId,
-        addr: &Multiaddr,
-        keep: impl Fn(&PeerId) -> bool,
-    ) -> bool {
+    pub(crate) fn add(&mut self, peer: PeerId, addr: &Multiaddr, keep: impl Fn(&PeerId) -> bool) -> bool {
         let addr = without_p2p(addr);
         if addr.is_empty() {
             return false;
@@ -101,9 +96,7 @@ mod tests {
         let got = book.get(&peer);
         assert_eq!(got.len(), MAX_ADDRS_PER_PEER);
         assert_eq!(got[0].to_string(), "/ip4/127.0.0.1/tcp/10");
-        let again: Multiaddr = "/ip4/127.0.0.1/tcp/5"
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let again: Multiaddr = "/ip4/127.0.0.1/tcp/5".parse().unwrap_or_else(|e| panic!("{e}"));
         assert!(!book.add(peer, &again, |_| false));
         assert_eq!(book.get(&peer)[0], again);
     }

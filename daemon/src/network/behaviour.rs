@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify,
-    identity::Keypair, kad, mdns, memory_connection_limits, noise, ping, tcp, yamux,
+    PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, identity::Keypair, kad, mdns,
+    memory_connection_limits, noise, ping, tcp, yamux,
 };
 
 use crate::config::{LimitsConfig, NetworkConfig};
@@ -41,10 +41,7 @@ pub(crate) struct Behaviour {
 }
 
 /// Builds the swarm: TCP (nodelay) and QUIC, Noise, Yamux, and the behaviours above.
-pub(crate) fn build_swarm(
-    keypair: Keypair,
-    cfg: &NetworkConfig,
-) -> anyhow::Result<Swarm<Behaviour>> {
+pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetworkConfig) -> anyhow::Result<Swarm<Behaviour>> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -54,30 +51,21 @@ pub(crate) fn build_swarm(
         )
         .context("setting up the TCP transport with Noise and Yamux")?
         .with_quic()
-        .with_behaviour(
-            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
-                let local = key.public().to_peer_id();
-                Ok(Behaviour {
-                    banned: allow_block_list::Behaviour::default(),
-                    limits: connection_limits::Behaviour::new(connection_limits(&cfg.limits)),
-                    memory: memory_limits(&cfg.limits),
-                    identify: identify::Behaviour::new(
-                        identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
-                            .with_agent_version(agent_version()),
-                    ),
-                    ping: ping::Behaviour::new(
-                        ping::Config::new().with_interval(cfg.ping_interval),
-                    ),
-                    mdns: if cfg.mdns {
-                        Some(new_mdns(local)?)
-                    } else {
-                        None
-                    }
-                    .into(),
-                    kad: if cfg.dht { Some(new_kad(local)) } else { None }.into(),
-                })
-            },
-        )
+        .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+            let local = key.public().to_peer_id();
+            Ok(Behaviour {
+                banned: allow_block_list::Behaviour::default(),
+                limits: connection_limits::Behaviour::new(connection_limits(&cfg.limits)),
+                memory: memory_limits(&cfg.limits),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                        .with_agent_version(agent_version()),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(cfg.ping_interval)),
+                mdns: if cfg.mdns { Some(new_mdns(local)?) } else { None }.into(),
+                kad: if cfg.dht { Some(new_kad(local)) } else { None }.into(),
+            })
+        })
         .map_err(|e| anyhow::anyhow!("setting up the libp2p behaviours: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
         .build();
@@ -97,9 +85,7 @@ pub(crate) fn connection_limits(l: &LimitsConfig) -> connection_limits::Connecti
 
 pub(crate) fn memory_limits(l: &LimitsConfig) -> memory_connection_limits::Behaviour {
     let bytes = l.max_memory_mib.saturating_mul(1024 * 1024);
-    memory_connection_limits::Behaviour::with_max_bytes(
-        usize::try_from(bytes).unwrap_or(usize::MAX),
-    )
+    memory_connection_limits::Behaviour::with_max_bytes(usize::try_from(bytes).unwrap_or(usize::MAX))
 }
 
 pub(crate) fn new_mdns(local: PeerId) -> std::io::Result<mdns::tokio::Behaviour> {

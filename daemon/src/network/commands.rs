@@ -20,18 +20,10 @@ impl EventLoop {
             Command::Disconnect { peer, reply } => {
                 let _ = reply.send(self.disconnect(peer));
             }
-            Command::SetRedial {
-                peer,
-                redial,
-                reply,
-            } => {
+            Command::SetRedial { peer, redial, reply } => {
                 let _ = reply.send(self.set_redial(peer, redial));
             }
-            Command::SetBanned {
-                peer,
-                banned,
-                reply,
-            } => {
+            Command::SetBanned { peer, banned, reply } => {
                 self.set_banned(peer, banned);
                 let _ = reply.send(Ok(()));
             }
@@ -47,11 +39,7 @@ impl EventLoop {
                 let _ = reply.send(Ok(self.connected()));
             }
             Command::ListenAddrs { reply } => {
-                let _ = reply.send(Ok(self
-                    .listen_addrs
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect()));
+                let _ = reply.send(Ok(self.listen_addrs.iter().map(ToString::to_string).collect()));
             }
             Command::Discovery { reply } => {
                 let _ = reply.send(Ok(self.discovery_state()));
@@ -79,10 +67,7 @@ impl EventLoop {
                     .build();
                 (Some(peer), opts)
             }
-            DialTarget::Addr {
-                addr,
-                peer: Some(peer),
-            } => {
+            DialTarget::Addr { addr, peer: Some(peer) } => {
                 // Remember it first, so a later redial of this peer knows where to go.
                 self.learn_address(peer, &addr, false);
                 let opts = DialOpts::peer_id(peer)
@@ -91,9 +76,7 @@ impl EventLoop {
                     .build();
                 (Some(peer), opts)
             }
-            DialTarget::Addr { addr, peer: None } => {
-                (None, DialOpts::unknown_peer_id().address(addr).build())
-            }
+            DialTarget::Addr { addr, peer: None } => (None, DialOpts::unknown_peer_id().address(addr).build()),
         };
         if let Some(peer) = peer {
             if self.banned.contains(&peer) {
@@ -195,11 +178,8 @@ impl EventLoop {
             return Ok(self.discovery_state());
         }
         let mdns = if enabled {
-            let m = new_mdns(self.local_peer_id).map_err(|e| {
-                IpcError::unavailable(format!(
-                    "mDNS could not start: {e}; is multicast available?"
-                ))
-            })?;
+            let m = new_mdns(self.local_peer_id)
+                .map_err(|e| IpcError::unavailable(format!("mDNS could not start: {e}; is multicast available?")))?;
             Some(m)
         } else {
             None
@@ -219,9 +199,7 @@ impl EventLoop {
             ));
         };
         kad.bootstrap().map(|_| ()).map_err(|_| {
-            IpcError::unavailable(
-                "no DHT peer is known yet; add network.bootstrap peers or connect to a peer first",
-            )
+            IpcError::unavailable("no DHT peer is known yet; add network.bootstrap peers or connect to a peer first")
         })
     }
 
@@ -252,9 +230,7 @@ impl EventLoop {
                     peer_id: peer.to_string(),
                     addr: first.addr.to_string(),
                     direction: first.direction,
-                    rtt_us: state
-                        .rtt
-                        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                    rtt_us: state.rtt.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
                 })
             })
             .collect();
@@ -267,8 +243,7 @@ impl EventLoop {
         let old = std::mem::replace(&mut self.cfg, cfg.clone());
         if old.limits != cfg.limits {
             // Connection limits are read at each new connection; open ones are not re-checked.
-            *self.swarm.behaviour_mut().limits.limits_mut() =
-                behaviour::connection_limits(&cfg.limits);
+            *self.swarm.behaviour_mut().limits.limits_mut() = behaviour::connection_limits(&cfg.limits);
             self.swarm.behaviour_mut().memory = behaviour::memory_limits(&cfg.limits);
             tracing::info!("network.limits reloaded");
         }
@@ -289,10 +264,7 @@ impl EventLoop {
             ("network.listen", old.listen != cfg.listen),
             ("network.dht", old.dht != cfg.dht),
             ("network.idle_timeout", old.idle_timeout != cfg.idle_timeout),
-            (
-                "network.ping_interval",
-                old.ping_interval != cfg.ping_interval,
-            ),
+            ("network.ping_interval", old.ping_interval != cfg.ping_interval),
         ] {
             if changed {
                 tracing::warn!("{key} changed; it takes effect when the daemon restarts");

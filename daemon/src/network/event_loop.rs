@@ -147,9 +147,7 @@ impl EventLoop {
                 .await
                 .is_err()
             {
-                tracing::debug!(
-                    "some connections did not close within {CLOSE_GRACE:?}; dropping them"
-                );
+                tracing::debug!("some connections did not close within {CLOSE_GRACE:?}; dropping them");
                 break;
             }
         }
@@ -169,9 +167,7 @@ impl EventLoop {
         };
         if sent.is_err() && !self.events_closed {
             self.events_closed = true;
-            tracing::warn!(
-                "the network event receiver was dropped; network events are no longer delivered"
-            );
+            tracing::warn!("the network event receiver was dropped; network events are no longer delivered");
         }
     }
 
@@ -263,9 +259,9 @@ impl EventLoop {
         let addr = without_p2p(addr);
         let peers = &self.peers;
         let redial = &self.redial;
-        let new = self.addresses.add(peer, &addr, |p| {
-            peers.contains_key(p) || redial.is_pinned(p)
-        });
+        let new = self
+            .addresses
+            .add(peer, &addr, |p| peers.contains_key(p) || redial.is_pinned(p));
         if !new {
             return;
         }
@@ -273,10 +269,7 @@ impl EventLoop {
         if to_dht && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
             kad.add_address(&peer, addr);
         }
-        if !self.peers.contains_key(&peer)
-            && !self.banned.contains(&peer)
-            && self.redial.rearm(&peer)
-        {
+        if !self.peers.contains_key(&peer) && !self.banned.contains(&peer) && self.redial.rearm(&peer) {
             self.dial_to_keep(peer);
         }
     }
@@ -310,10 +303,7 @@ impl EventLoop {
             return;
         }
         let unit: f64 = rand::random();
-        match self
-            .redial
-            .schedule(peer, &self.cfg.retry, Instant::now(), unit)
-        {
+        match self.redial.schedule(peer, &self.cfg.retry, Instant::now(), unit) {
             Scheduled::At(at) => {
                 tracing::debug!(peer_id = %peer, in_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64, "redial scheduled");
             }

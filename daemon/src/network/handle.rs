@@ -35,10 +35,7 @@ pub(crate) enum DialTarget {
     /// A peer id: dialled over the addresses the node knows for it.
     Peer(PeerId),
     /// An address, with the peer id it must belong to when it ended in `/p2p/<id>`.
-    Addr {
-        addr: Multiaddr,
-        peer: Option<PeerId>,
-    },
+    Addr { addr: Multiaddr, peer: Option<PeerId> },
 }
 
 /// One request to the event loop.
@@ -117,11 +114,8 @@ impl NetworkHandle {
     /// known. Resolves once connected (or already connected) or when the dial failed.
     pub async fn dial(&self, target: String) -> Result<ConnectOutcome, IpcError> {
         let target = parse_dial_target(&target, &self.local_peer_id)?;
-        self.request("dial", DIAL_DEADLINE, |reply| Command::Dial {
-            target,
-            reply,
-        })
-        .await
+        self.request("dial", DIAL_DEADLINE, |reply| Command::Dial { target, reply })
+            .await
     }
 
     /// Closes every connection to the peer and stops redialling it.
@@ -157,59 +151,44 @@ impl NetworkHandle {
     }
 
     pub async fn set_mdns(&self, enabled: bool) -> Result<DiscoveryState, IpcError> {
-        self.request("set_mdns", LOCAL_DEADLINE, |reply| Command::SetMdns {
-            enabled,
-            reply,
-        })
-        .await
+        self.request("set_mdns", LOCAL_DEADLINE, |reply| Command::SetMdns { enabled, reply })
+            .await
     }
 
     /// Starts a Kademlia bootstrap; `Unavailable` when the DHT is off or no peer is known.
     pub async fn bootstrap(&self) -> Result<(), IpcError> {
-        self.request("bootstrap", LOCAL_DEADLINE, |reply| Command::Bootstrap {
-            reply,
-        })
-        .await
+        self.request("bootstrap", LOCAL_DEADLINE, |reply| Command::Bootstrap { reply })
+            .await
     }
 
     /// Looks a peer up in the DHT and returns the addresses found for it.
     pub async fn find_peer(&self, peer_id: String) -> Result<Vec<String>, IpcError> {
         let peer = self.parse_remote_peer(&peer_id)?;
-        self.request("find_peer", FIND_DEADLINE, |reply| Command::FindPeer {
-            peer,
-            reply,
-        })
-        .await
+        self.request("find_peer", FIND_DEADLINE, |reply| Command::FindPeer { peer, reply })
+            .await
     }
 
     pub async fn connected(&self) -> Result<Vec<ConnectedPeer>, IpcError> {
-        self.request("connected", LOCAL_DEADLINE, |reply| Command::Connected {
-            reply,
-        })
-        .await
+        self.request("connected", LOCAL_DEADLINE, |reply| Command::Connected { reply })
+            .await
     }
 
     /// Every address the node listens on, each ending in `/p2p/<local id>`.
     pub async fn listen_addrs(&self) -> Result<Vec<String>, IpcError> {
-        self.request("listen_addrs", LOCAL_DEADLINE, |reply| {
-            Command::ListenAddrs { reply }
-        })
-        .await
+        self.request("listen_addrs", LOCAL_DEADLINE, |reply| Command::ListenAddrs { reply })
+            .await
     }
 
     pub async fn discovery(&self) -> Result<DiscoveryState, IpcError> {
-        self.request("discovery", LOCAL_DEADLINE, |reply| Command::Discovery {
-            reply,
-        })
-        .await
+        self.request("discovery", LOCAL_DEADLINE, |reply| Command::Discovery { reply })
+            .await
     }
 
     /// Applies a reloaded configuration: bootstrap list, retry strategy, limits and mDNS take
     /// effect at once without dropping connections; other keys are logged as needing a restart.
     pub async fn reload(&self, cfg: NetworkConfig) -> Result<(), IpcError> {
         for (i, a) in cfg.bootstrap.iter().enumerate() {
-            let addr = parse_multiaddr(a)
-                .map_err(|e| IpcError::invalid(format!("network.bootstrap[{i}]: {e}")))?;
+            let addr = parse_multiaddr(a).map_err(|e| IpcError::invalid(format!("network.bootstrap[{i}]: {e}")))?;
             if p2p_suffix(&addr).is_none() {
                 return Err(IpcError::invalid(format!(
                     "network.bootstrap[{i}]: `{a}` needs a /p2p/<peer id> suffix"
@@ -217,11 +196,8 @@ impl NetworkHandle {
             }
         }
         let cfg = Box::new(cfg);
-        self.request("reload", LOCAL_DEADLINE, |reply| Command::Reload {
-            cfg,
-            reply,
-        })
-        .await
+        self.request("reload", LOCAL_DEADLINE, |reply| Command::Reload { cfg, reply })
+            .await
     }
 
     /// Remembers addresses for a peer (and gives them to the DHT when it is on).
@@ -245,12 +221,10 @@ impl NetworkHandle {
             }
             parsed.push(without_p2p(&addr));
         }
-        self.request("add_addresses", LOCAL_DEADLINE, |reply| {
-            Command::AddAddresses {
-                peer,
-                addrs: parsed,
-                reply,
-            }
+        self.request("add_addresses", LOCAL_DEADLINE, |reply| Command::AddAddresses {
+            peer,
+            addrs: parsed,
+            reply,
         })
         .await
     }
@@ -269,12 +243,7 @@ impl NetworkHandle {
         };
         tokio::time::timeout(deadline, exchange)
             .await
-            .map_err(|_| {
-                IpcError::timeout(format!(
-                    "network {what} did not finish within {}s",
-                    deadline.as_secs()
-                ))
-            })?
+            .map_err(|_| IpcError::timeout(format!("network {what} did not finish within {}s", deadline.as_secs())))?
     }
 
     /// A peer id that is not this node's own.
@@ -288,9 +257,7 @@ impl NetworkHandle {
 }
 
 fn gone() -> IpcError {
-    IpcError::unavailable(
-        "the network task is not running (the daemon is shutting down or the swarm stopped)",
-    )
+    IpcError::unavailable("the network task is not running (the daemon is shutting down or the swarm stopped)")
 }
 
 pub(crate) fn parse_peer_id(s: &str) -> Result<PeerId, IpcError> {
@@ -313,9 +280,7 @@ fn parse_multiaddr(s: &str) -> Result<Multiaddr, IpcError> {
 pub(crate) fn parse_dial_target(s: &str, local: &PeerId) -> Result<DialTarget, IpcError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err(IpcError::invalid(
-            "empty dial target; give a multiaddr or a peer id",
-        ));
+        return Err(IpcError::invalid("empty dial target; give a multiaddr or a peer id"));
     }
     let target = if s.starts_with('/') {
         let addr = parse_multiaddr(s)?;
@@ -329,9 +294,7 @@ pub(crate) fn parse_dial_target(s: &str, local: &PeerId) -> Result<DialTarget, I
         match (addr.is_empty(), peer) {
             (true, Some(peer)) => DialTarget::Peer(peer),
             (true, None) => {
-                return Err(IpcError::invalid(
-                    "empty multiaddr; give e.g. /ip4/192.0.2.7/tcp/9092",
-                ));
+                return Err(IpcError::invalid("empty multiaddr; give e.g. /ip4/192.0.2.7/tcp/9092"));
             }
             (false, peer) => DialTarget::Addr { addr, peer },
         }
@@ -359,9 +322,7 @@ mod tests {
     fn dial_targets_parse_or_say_why_not() {
         let local = PeerId::random();
         let other = PeerId::random();
-        assert!(
-            matches!(parse_dial_target(&other.to_string(), &local), Ok(DialTarget::Peer(p)) if p == other)
-        );
+        assert!(matches!(parse_dial_target(&other.to_string(), &local), Ok(DialTarget::Peer(p)) if p == other));
         assert!(matches!(
             parse_dial_target(&format!("/ip4/127.0.0.1/tcp/1/p2p/{other}"), &local),
             Ok(DialTarget::Addr { peer: Some(p), .. }) if p == other

@@ -25,23 +25,18 @@ const BIND_DEADLINE: Duration = Duration::from_secs(5);
 impl EventLoop {
     /// Listens on every address and waits until each is bound or has failed. Returns the
     /// addresses bound so far (an unspecified IP yields one per interface).
-    pub(super) async fn bind_listeners(
-        &mut self,
-        listen: &[String],
-        dev: bool,
-    ) -> anyhow::Result<Vec<String>> {
+    pub(super) async fn bind_listeners(&mut self, listen: &[String], dev: bool) -> anyhow::Result<Vec<String>> {
         let mut waiting: Vec<(ListenerId, Multiaddr)> = Vec::with_capacity(listen.len());
         for (i, text) in listen.iter().enumerate() {
-            let addr: Multiaddr = text
-                .parse()
-                .map_err(|e| anyhow!("network.listen[{i}]: `{text}` is not a multiaddr ({e}); e.g. /ip4/0.0.0.0/tcp/9092"))?;
+            let addr: Multiaddr = text.parse().map_err(|e| {
+                anyhow!("network.listen[{i}]: `{text}` is not a multiaddr ({e}); e.g. /ip4/0.0.0.0/tcp/9092")
+            })?;
             let id = match self.listen_once(&addr) {
                 Ok(id) => id,
                 Err(e) if dev && is_addr_in_use(&e) => {
                     let free = with_port_zero(&addr);
                     tracing::warn!(taken = %addr, instead = %free, "listen port is taken; dev mode picks a free one");
-                    self.listen_once(&free)
-                        .map_err(|e| listen_error(&free, &e))?
+                    self.listen_once(&free).map_err(|e| listen_error(&free, &e))?
                 }
                 Err(e) => return Err(listen_error(&addr, &e)),
             };
@@ -54,9 +49,7 @@ impl EventLoop {
                 match self.listeners.get(id) {
                     Some(ListenerState::Bound) => break,
                     Some(ListenerState::Failed(why)) => {
-                        return Err(anyhow!(
-                            "cannot listen on {addr}: {why}; check network.listen"
-                        ));
+                        return Err(anyhow!("cannot listen on {addr}: {why}; check network.listen"));
                     }
                     Some(ListenerState::Pending) | None => {}
                 }
@@ -158,14 +151,9 @@ mod tests {
         let a: Multiaddr = "/ip4/127.0.0.1/udp/9092/quic-v1"
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            with_port_zero(&a).to_string(),
-            "/ip4/127.0.0.1/udp/0/quic-v1"
-        );
+        assert_eq!(with_port_zero(&a).to_string(), "/ip4/127.0.0.1/udp/0/quic-v1");
         assert_eq!(tcp_socket_addr(&a), None);
-        let t: Multiaddr = "/ip4/127.0.0.1/tcp/9092"
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let t: Multiaddr = "/ip4/127.0.0.1/tcp/9092".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             tcp_socket_addr(&t),
             Some("127.0.0.1:9092".parse().unwrap_or_else(|e| panic!("{e}")))

@@ -129,8 +129,7 @@ pub async fn spawn(
     let swarm = behaviour::build_swarm(keypair, cfg)?;
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
-    let mut event_loop =
-        event_loop::EventLoop::new(swarm, command_rx, event_tx, cfg.clone(), shutdown);
+    let mut event_loop = event_loop::EventLoop::new(swarm, command_rx, event_tx, cfg.clone(), shutdown);
     let listen_addrs = event_loop.bind_listeners(&cfg.listen, dev).await?;
     event_loop.apply_bans(&banned);
     event_loop.start_peers(&seeds, &cfg.bootstrap);

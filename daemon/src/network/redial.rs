@@ -127,13 +127,7 @@ impl RedialTable {
 
     /// Schedules the next attempt after a loss or a failed dial, from the attempts made so far.
     /// An attempt already scheduled is kept (two failures must not double the pace).
-    pub(crate) fn schedule(
-        &mut self,
-        peer: PeerId,
-        cfg: &RetryConfig,
-        now: Instant,
-        unit: f64,
-    ) -> Scheduled {
+    pub(crate) fn schedule(&mut self, peer: PeerId, cfg: &RetryConfig, now: Instant, unit: f64) -> Scheduled {
         if !self.entries.contains_key(&peer) && self.unpinned() >= MAX_UNPINNED_REDIALS {
             return Scheduled::Full;
         }
@@ -206,18 +200,11 @@ mod tests {
     fn delays_grow_by_the_multiplier_and_stop_at_max_delay() {
         let c = cfg(0, 0.0);
         let delays: Vec<u128> = (0..8)
-            .map(|a| {
-                delay_for_attempt(&c, a, 0.5)
-                    .map(|d| d.as_millis())
-                    .unwrap_or(0)
-            })
+            .map(|a| delay_for_attempt(&c, a, 0.5).map(|d| d.as_millis()).unwrap_or(0))
             .collect();
         assert_eq!(delays, vec![100, 200, 400, 800, 1600, 2000, 2000, 2000]);
         // Far past any realistic count, still capped (no overflow, no panic).
-        assert_eq!(
-            delay_for_attempt(&c, u32::MAX - 1, 0.0),
-            Some(Duration::from_secs(2))
-        );
+        assert_eq!(delay_for_attempt(&c, u32::MAX - 1, 0.0), Some(Duration::from_secs(2)));
     }
 
     #[test]
@@ -240,10 +227,7 @@ mod tests {
         let base = Duration::from_millis(800);
         for _ in 0..1000 {
             let d = delay_for_attempt(&c, 3, rand::random::<f64>()).unwrap_or_default();
-            assert!(
-                d <= base && d >= base.mul_f64(0.8) - Duration::from_nanos(1),
-                "{d:?}"
-            );
+            assert!(d <= base && d >= base.mul_f64(0.8) - Duration::from_nanos(1), "{d:?}");
         }
     }
 
@@ -310,10 +294,7 @@ mod tests {
         let now = Instant::now();
         let mut t = RedialTable::default();
         for _ in 0..MAX_UNPINNED_REDIALS {
-            assert!(matches!(
-                t.schedule(PeerId::random(), &c, now, 0.0),
-                Scheduled::At(_)
-            ));
+            assert!(matches!(t.schedule(PeerId::random(), &c, now, 0.0), Scheduled::At(_)));
         }
         assert_eq!(t.schedule(PeerId::random(), &c, now, 0.0), Scheduled::Full);
         let pinned = PeerId::random();

@@ -10,14 +10,15 @@ use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, identify, kad, mdns, ping};
 
 use super::NetEvent;
-use super::address_book::with_p2p;
+use super::address_book::{with_p2p, without_p2p};
 use super::behaviour::{BehaviourEvent, KAD_PROTOCOL};
 use super::event_loop::{Conn, EventLoop, ListenerState};
 
 /// Limits on what a peer's identify message may put into our events and address book.
 const MAX_AGENT_CHARS: usize = 256;
 const MAX_PROTOCOLS: usize = 64;
-const MAX_IDENTIFY_ADDRS: usize = 16;
+/// Addresses taken from one identify message or one discovery report.
+const MAX_PEER_ADDRS: usize = 16;
 
 impl EventLoop {
     pub(super) async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -40,8 +41,7 @@ impl EventLoop {
                 ..
             } => {
                 let reason = cause.map(|c| c.to_string());
-                self.on_closed(peer_id, connection_id, num_established, reason)
-                    .await;
+                self.on_closed(peer_id, connection_id, num_established, reason).await;
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -58,24 +58,16 @@ impl EventLoop {
             } => {
                 tracing::debug!(from = %send_back_addr, peer_id = ?peer_id, "inbound connection refused or failed: {error}");
             }
-            SwarmEvent::NewListenAddr {
-                listener_id,
-                address,
-            } => {
+            SwarmEvent::NewListenAddr { listener_id, address } => {
                 let full = with_p2p(&address, self.local_peer_id);
                 tracing::info!(addr = %full, "listening");
                 self.listeners.insert(listener_id, ListenerState::Bound);
                 if !self.listen_addrs.contains(&full) {
                     self.listen_addrs.push(full.clone());
                 }
-                self.emit(NetEvent::ListenAddrAdded {
-                    addr: full.to_string(),
-                })
-                .await;
+                self.emit(NetEvent::ListenAddrAdded { addr: full.to_string() }).await;
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => {
-                self.remove_listen_addr(&address).await
-            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => self.remove_listen_addr(&address).await,
             SwarmEvent::ListenerClosed {
                 listener_id,
                 addresses,
@@ -86,8 +78,7 @@ impl EventLoop {
                     Err(e) => e.to_string(),
                 };
                 tracing::warn!(listener = ?listener_id, "listener closed: {why}");
-                self.listeners
-                    .insert(listener_id, ListenerState::Failed(why));
+                self.listeners.insert(listener_id, ListenerState::Failed(why));
                 for address in addresses {
                     self.remove_listen_addr(&address).await;
                 }
@@ -111,10 +102,7 @@ impl EventLoop {
         self.listen_addrs.retain(|a| *a != full);
         if self.listen_addrs.len() != before {
             tracing::info!(addr = %full, "no longer listening");
-            self.emit(NetEvent::ListenAddrRemoved {
-                addr: full.to_string(),
-            })
-            .await;
+            self.emit(NetEvent::ListenAddrRemoved { addr: full.to_string() }).await;
         }
     }
 
@@ -125,7 +113,8 @@ impl EventLoop {
         endpoint: &ConnectedPoint,
         num_established: u32,
     ) {
-        let addr = endpoint.get_remote_address().clone();
+        // Addresses leave this module without /p2p: the peer id travels next to them.
+        let addr = without_p2p(endpoint.get_remote_address());
         let direction = if endpoint.is_dialer() {
             Direction::Outbound
         } else {
@@ -162,13 +151,7 @@ impl EventLoop {
         }
     }
 
-    async fn on_closed(
-        &mut self,
-        peer: PeerId,
-        connection_id: ConnectionId,
-        remaining: u32,
-        reason: Option<String>,
-    ) {
+    async fn on_closed(&mut self, peer: PeerId, connection_id: ConnectionId, remaining: u32, reason: Option<String>) {
         if let Some(entry) = self.peers.get_mut(&peer) {
             entry.conns.retain(|c| c.id != connection_id);
         }
@@ -182,8 +165,7 @@ impl EventLoop {
             return;
         }
         // A peer we dialled (or pinned) is worth keeping, unless we closed it ourselves or banned it.
-        if !on_purpose && !self.banned.contains(&peer) && (dialled || self.redial.is_pinned(&peer))
-        {
+        if !on_purpose && !self.banned.contains(&peer) && (dialled || self.redial.is_pinned(&peer)) {
             self.schedule_redial(peer);
         }
         self.emit(NetEvent::Disconnected {
@@ -193,18 +175,11 @@ impl EventLoop {
         .await;
     }
 
-    async fn on_dial_error(
-        &mut self,
-        connection_id: ConnectionId,
-        peer: Option<PeerId>,
-        error: &DialError,
-    ) {
+    async fn on_dial_error(&mut self, connection_id: ConnectionId, peer: Option<PeerId>, error: &DialError) {
         let message = dial_error_message(error);
         tracing::debug!(peer_id = ?peer, "dial failed: {message}");
         if let Some(reply) = self.pending_dials.remove(&connection_id) {
-            let _ = reply.send(Err(IpcError::unavailable(format!(
-                "dial failed: {message}"
-            ))));
+            let _ = reply.send(Err(IpcError::unavailable(format!("dial failed: {message}"))));
         }
         if let Some(peer) = peer
             && self.redial.contains(&peer)
@@ -246,19 +221,15 @@ impl EventLoop {
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
             BehaviourEvent::Kad(event) => self.on_kad_event(event).await,
-            BehaviourEvent::Banned(never)
-            | BehaviourEvent::Limits(never)
-            | BehaviourEvent::Memory(never) => match never {},
+            BehaviourEvent::Banned(never) | BehaviourEvent::Limits(never) | BehaviourEvent::Memory(never) => {
+                match never {}
+            }
         }
     }
 
     async fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
         let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
-        let listen_addrs: Vec<Multiaddr> = info
-            .listen_addrs
-            .into_iter()
-            .take(MAX_IDENTIFY_ADDRS)
-            .collect();
+        let listen_addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(MAX_PEER_ADDRS).collect();
         for addr in &listen_addrs {
             // Only DHT servers belong in the routing table.
             self.learn_address(peer, addr, speaks_kad);
@@ -275,7 +246,7 @@ impl EventLoop {
             peer_id: peer.to_string(),
             agent,
             protocols,
-            listen_addrs: listen_addrs.iter().map(ToString::to_string).collect(),
+            listen_addrs: listen_addrs.iter().map(|a| without_p2p(a).to_string()).collect(),
         })
         .await;
     }
@@ -284,10 +255,11 @@ impl EventLoop {
         if peer == self.local_peer_id || self.banned.contains(&peer) {
             return;
         }
+        let addrs: Vec<Multiaddr> = addrs.into_iter().take(MAX_PEER_ADDRS).collect();
         for addr in &addrs {
             self.learn_address(peer, addr, false);
         }
-        let addrs = addrs.iter().map(ToString::to_string).collect();
+        let addrs = addrs.iter().map(|a| without_p2p(a).to_string()).collect();
         self.emit(NetEvent::Discovered {
             peer_id: peer.to_string(),
             addrs,
@@ -304,12 +276,9 @@ impl EventLoop {
                 addresses,
                 ..
             } => {
-                self.on_discovered(peer, addresses.into_vec(), AddrSource::Dht)
-                    .await;
+                self.on_discovered(peer, addresses.into_vec(), AddrSource::Dht).await;
             }
-            kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
-            } => match result {
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
                 kad::QueryResult::GetClosestPeers(result) => {
                     let peers = match result {
                         Ok(ok) => ok.peers,
@@ -347,12 +316,7 @@ impl EventLoop {
         let Some((_, reply)) = self.pending_finds.remove(&id) else {
             return;
         };
-        let mut known: Vec<String> = self
-            .addresses
-            .get(&target)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let mut known: Vec<String> = self.addresses.get(&target).iter().map(ToString::to_string).collect();
         if let Some(conns) = self.peers.get(&target) {
             for c in &conns.conns {
                 let a = c.addr.to_string();
@@ -362,9 +326,7 @@ impl EventLoop {
             }
         }
         let answer = if known.is_empty() {
-            Err(IpcError::not_found(format!(
-                "peer {target} was not found in the DHT"
-            )))
+            Err(IpcError::not_found(format!("peer {target} was not found in the DHT")))
         } else {
             Ok(known)
         };
@@ -390,9 +352,7 @@ pub(super) fn dial_error_message(error: &DialError) -> String {
                 .collect();
             format!("no address could be reached ({})", parts.join("; "))
         }
-        DialError::NoAddresses => {
-            "no known address for the peer; give a multiaddr or add addresses first".to_owned()
-        }
+        DialError::NoAddresses => "no known address for the peer; give a multiaddr or add addresses first".to_owned(),
         DialError::Denied { cause } => format!("refused by local policy ({cause})"),
         other => error_chain(other),
     }

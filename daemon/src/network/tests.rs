@@ -40,16 +40,9 @@ struct Node {
 impl Node {
     async fn start(key: Keypair, cfg: &NetworkConfig) -> Node {
         let token = CancellationToken::new();
-        let net = spawn(
-            key.clone(),
-            cfg,
-            false,
-            Vec::new(),
-            Vec::new(),
-            token.clone(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("network did not start: {e:#}"));
+        let net = spawn(key.clone(), cfg, false, Vec::new(), Vec::new(), token.clone())
+            .await
+            .unwrap_or_else(|e| panic!("network did not start: {e:#}"));
         Node { net, token, key }
     }
 
@@ -157,22 +150,14 @@ async fn two_nodes_connect_identify_ping_and_disconnect() {
             )
             .await;
         let NetEvent::Identified {
-            agent: got,
-            protocols,
-            ..
+            agent: got, protocols, ..
         } = ev
         else {
             unreachable!()
         };
         assert_eq!(got, agent);
-        assert!(
-            protocols.iter().any(|p| p == "/ipfs/id/1.0.0"),
-            "{protocols:?}"
-        );
-        assert!(
-            protocols.iter().any(|p| p == "/ipfs/ping/1.0.0"),
-            "{protocols:?}"
-        );
+        assert!(protocols.iter().any(|p| p == "/ipfs/id/1.0.0"), "{protocols:?}");
+        assert!(protocols.iter().any(|p| p == "/ipfs/ping/1.0.0"), "{protocols:?}");
     }
     a.expect(
         "Rtt for B",
@@ -204,10 +189,8 @@ async fn two_nodes_connect_identify_ping_and_disconnect() {
         .disconnect(b_id.clone())
         .await
         .unwrap_or_else(|e| panic!("disconnect: {e}"));
-    a.expect("A disconnected from B", is_disconnected_from(&b_id))
-        .await;
-    b.expect("B disconnected from A", is_disconnected_from(&a_id))
-        .await;
+    a.expect("A disconnected from B", is_disconnected_from(&b_id)).await;
+    b.expect("B disconnected from A", is_disconnected_from(&a_id)).await;
     assert!(
         a.net
             .handle
@@ -216,13 +199,7 @@ async fn two_nodes_connect_identify_ping_and_disconnect() {
             .unwrap_or_else(|e| panic!("{e}"))
             .is_empty()
     );
-    let err = a
-        .net
-        .handle
-        .disconnect(b_id.clone())
-        .await
-        .err()
-        .map(|e| e.code);
+    let err = a.net.handle.disconnect(b_id.clone()).await.err().map(|e| e.code);
     assert_eq!(err, Some(ErrorCode::NotFound));
 
     // The address book remembered B: a bare peer id is enough now.
@@ -266,8 +243,7 @@ async fn pinned_peer_is_redialled_after_it_restarts() {
             "Disconnected after shutdown: {ev:?}"
         );
     }
-    a.expect("A disconnected from B", is_disconnected_from(&b_id))
-        .await;
+    a.expect("A disconnected from B", is_disconnected_from(&b_id)).await;
 
     // Same key, same port: A's redials (backoff capped at 400 ms) find it again.
     let listen = b_addr.trim_end_matches(&format!("/p2p/{b_id}")).to_owned();
@@ -309,32 +285,13 @@ async fn banned_peer_is_disconnected_and_refused() {
     a.expect("A disconnected from banned B", is_disconnected_from(&b_id))
         .await;
 
-    let err = a
-        .net
-        .handle
-        .dial(b.addr("/tcp/"))
-        .await
-        .err()
-        .map(|e| e.code);
+    let err = a.net.handle.dial(b.addr("/tcp/")).await.err().map(|e| e.code);
     assert_eq!(err, Some(ErrorCode::Invalid), "dial of a banned peer id");
     // Without /p2p the ban is only known after the handshake: the connection is refused then.
-    let bare = b
-        .addr("/tcp/")
-        .trim_end_matches(&format!("/p2p/{b_id}"))
-        .to_owned();
+    let bare = b.addr("/tcp/").trim_end_matches(&format!("/p2p/{b_id}")).to_owned();
     let err = a.net.handle.dial(bare.clone()).await.err();
-    assert_eq!(
-        err.as_ref().map(|e| e.code),
-        Some(ErrorCode::Unavailable),
-        "{err:?}"
-    );
-    let err = a
-        .net
-        .handle
-        .set_redial(b_id.clone(), true)
-        .await
-        .err()
-        .map(|e| e.code);
+    assert_eq!(err.as_ref().map(|e| e.code), Some(ErrorCode::Unavailable), "{err:?}");
+    let err = a.net.handle.set_redial(b_id.clone(), true).await.err().map(|e| e.code);
     assert_eq!(err, Some(ErrorCode::Invalid), "pinning a banned peer");
 
     a.net
@@ -355,21 +312,12 @@ async fn banned_peer_is_disconnected_and_refused() {
 async fn bad_input_is_invalid() {
     let a = Node::tcp("/ip4/127.0.0.1/tcp/0").await;
     let h = &a.net.handle;
-    for target in [
-        "",
-        "garbage",
-        "/ip4/127.0.0.1/tcp/notaport",
-        "/dns9/x",
-        &a.id(),
-    ] {
+    for target in ["", "garbage", "/ip4/127.0.0.1/tcp/notaport", "/dns9/x", &a.id()] {
         let err = h.dial(target.to_owned()).await.err().map(|e| e.code);
         assert_eq!(err, Some(ErrorCode::Invalid), "dial {target:?}");
     }
     assert_eq!(
-        h.set_banned("nope".into(), true)
-            .await
-            .err()
-            .map(|e| e.code),
+        h.set_banned("nope".into(), true).await.err().map(|e| e.code),
         Some(ErrorCode::Invalid)
     );
     assert_eq!(
@@ -384,15 +332,19 @@ async fn bad_input_is_invalid() {
         .map(|e| e.code);
     assert_eq!(err, Some(ErrorCode::Invalid));
     // Valid, but nothing is known about it: NotFound, and nothing was dialled outside.
-    assert_eq!(
-        h.dial(other).await.err().map(|e| e.code),
-        Some(ErrorCode::NotFound)
-    );
+    assert_eq!(h.dial(other).await.err().map(|e| e.code), Some(ErrorCode::NotFound));
     // The DHT is off in this node.
+    assert_eq!(h.bootstrap().await.err().map(|e| e.code), Some(ErrorCode::Unavailable));
     assert_eq!(
-        h.bootstrap().await.err().map(|e| e.code),
+        h.find_peer(libp2p::PeerId::random().to_string())
+            .await
+            .err()
+            .map(|e| e.code),
         Some(ErrorCode::Unavailable)
     );
+    // mDNS stays off (it is never switched on in tests: it would reach the machine's own network).
+    let state = h.set_mdns(false).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!state.mdns_enabled && !state.dht_enabled);
     a.stop().await;
 }
 
@@ -415,10 +367,7 @@ async fn taken_port_fails_with_the_address_unless_dev() {
     .err()
     .map(|e| format!("{e:#}"))
     .unwrap_or_else(|| panic!("listening on a taken port succeeded"));
-    assert!(
-        err.contains(&wanted),
-        "error does not name the address: {err}"
-    );
+    assert!(err.contains(&wanted), "error does not name the address: {err}");
     assert!(
         err.contains("network.listen"),
         "error does not say what to change: {err}"
@@ -452,12 +401,7 @@ async fn quic_and_tcp_listen_and_quic_dials() {
     let a = Node::start(Keypair::generate_ed25519(), &cfg).await;
     let mut b = Node::tcp("/ip4/127.0.0.1/tcp/0").await;
     assert_eq!(a.net.listen_addrs.len(), 2, "{:?}", a.net.listen_addrs);
-    let got = a
-        .net
-        .handle
-        .listen_addrs()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let got = a.net.handle.listen_addrs().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(got, a.net.listen_addrs);
 
     let outcome = b
@@ -517,16 +461,118 @@ async fn find_peer_through_the_dht() {
         .find_peer(c_id.clone())
         .await
         .unwrap_or_else(|e| panic!("find C: {e}"));
-    let c_tcp = c
-        .addr("/tcp/")
-        .trim_end_matches(&format!("/p2p/{c_id}"))
-        .to_owned();
+    let c_tcp = c.addr("/tcp/").trim_end_matches(&format!("/p2p/{c_id}")).to_owned();
     assert!(found.contains(&c_tcp), "{found:?} lacks {c_tcp}");
     a.net
         .handle
         .bootstrap()
         .await
         .unwrap_or_else(|e| panic!("bootstrap with a known peer: {e}"));
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn pinned_seeds_are_dialled_at_start_and_banned_ids_refused() {
+    let b = Node::tcp("/ip4/127.0.0.1/tcp/0").await;
+    let c = Node::tcp("/ip4/127.0.0.1/tcp/0").await;
+    let (b_id, c_id) = (b.id(), c.id());
+    let seeds = vec![
+        SeedPeer {
+            peer_id: b_id.clone(),
+            addrs: vec![b.addr("/tcp/")],
+            redial: true,
+        },
+        // Known but not pinned: remembered, not dialled.
+        SeedPeer {
+            peer_id: c_id.clone(),
+            addrs: vec![c.addr("/tcp/")],
+            redial: false,
+        },
+        SeedPeer {
+            peer_id: "not-a-peer-id".into(),
+            addrs: vec!["garbage".into()],
+            redial: true,
+        },
+    ];
+    let banned = vec![c_id.clone(), "also-garbage".into()];
+    let token = CancellationToken::new();
+    let cfg = test_config(&["/ip4/127.0.0.1/tcp/0"]);
+    let key = Keypair::generate_ed25519();
+    let net = spawn(key.clone(), &cfg, false, seeds, banned, token.clone())
+        .await
+        .unwrap_or_else(|e| panic!("spawn with seeds: {e:#}"));
+    let mut a = Node {
+        net,
+        token,
+        key: Keypair::generate_ed25519(),
+    };
+    let ev = a.expect("A dialled its pinned seed B", is_connected_to(&b_id)).await;
+    assert!(
+        matches!(
+            ev,
+            NetEvent::Connected {
+                direction: Direction::Outbound,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
+    let err = a.net.handle.dial(c_id).await.err().map(|e| e.code);
+    assert_eq!(err, Some(ErrorCode::Invalid), "a peer banned at start is never dialled");
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn reload_changes_limits_without_dropping_connections() {
+    let cfg = test_config(&["/ip4/127.0.0.1/tcp/0"]);
+    let a = Node::start(Keypair::generate_ed25519(), &cfg).await;
+    let b = Node::tcp("/ip4/127.0.0.1/tcp/0").await;
+    let c = Node::tcp("/ip4/127.0.0.1/tcp/0").await;
+    a.net
+        .handle
+        .dial(b.addr("/tcp/"))
+        .await
+        .unwrap_or_else(|e| panic!("dial B: {e}"));
+
+    let mut tight = cfg.clone();
+    tight.limits.max_established_outgoing = 1;
+    tight.retry.max_delay = Duration::from_secs(1);
+    a.net
+        .handle
+        .reload(tight)
+        .await
+        .unwrap_or_else(|e| panic!("reload: {e}"));
+    let connected = a.net.handle.connected().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(connected.len(), 1, "reload dropped a connection: {connected:?}");
+    let err = a.net.handle.dial(c.addr("/tcp/")).await.err();
+    assert_eq!(err.as_ref().map(|e| e.code), Some(ErrorCode::Unavailable), "{err:?}");
+    assert!(err.is_some_and(|e| e.message.contains("refused by local policy")));
+
+    a.net
+        .handle
+        .reload(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("reload back: {e}"));
+    a.net
+        .handle
+        .dial(c.addr("/tcp/"))
+        .await
+        .unwrap_or_else(|e| panic!("dial C after the limit was raised: {e}"));
+    assert_eq!(
+        a.net.handle.connected().await.unwrap_or_else(|e| panic!("{e}")).len(),
+        2
+    );
+
+    let mut bad = test_config(&["/ip4/127.0.0.1/tcp/0"]);
+    bad.bootstrap = vec!["/ip4/127.0.0.1/tcp/1".into()];
+    assert_eq!(
+        a.net.handle.reload(bad).await.err().map(|e| e.code),
+        Some(ErrorCode::Invalid)
+    );
     a.stop().await;
     b.stop().await;
     c.stop().await;
