@@ -27,6 +27,8 @@ use crate::config::NetworkConfig;
 
 /// How long shutdown waits for connections to close politely.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// A session shorter than this does not reset a peer's redial backoff.
+pub(super) const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 /// DHT lookups in flight at once; more are refused rather than queued.
 pub(super) const MAX_PENDING_FINDS: usize = 32;
 
@@ -39,10 +41,15 @@ pub(super) struct Conn {
 }
 
 /// A connected peer: its connections, oldest first, and its latest round trip.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct PeerConns {
     pub(super) conns: Vec<Conn>,
     pub(super) rtt: Option<Duration>,
+    /// When the first connection of this session opened.
+    pub(super) since: Instant,
+    /// Redial attempts made before this session, put back if it does not last (see
+    /// [`STABLE_CONNECTION`]).
+    pub(super) prior_attempts: u32,
     /// We dialled it at least once during this session: we wanted it, so losing it is redialled.
     /// A peer that only dialled us is left to redial us itself; otherwise a `disconnect` on one
     /// side would be undone at once by the other side's redial.
@@ -269,7 +276,7 @@ impl EventLoop {
         if to_dht && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
             kad.add_address(&peer, addr);
         }
-        if !self.peers.contains_key(&peer) && !self.banned.contains(&peer) && self.redial.rearm(&peer) {
+        if !self.swarm.is_connected(&peer) && !self.banned.contains(&peer) && self.redial.rearm(&peer) {
             self.dial_to_keep(peer);
         }
     }
@@ -277,7 +284,7 @@ impl EventLoop {
     /// Dials a peer we keep (pinned or lost), counting the attempt; a dial that cannot even
     /// start schedules the next one.
     pub(super) fn dial_to_keep(&mut self, peer: PeerId) {
-        if self.peers.contains_key(&peer) || self.banned.contains(&peer) || self.is_stopping() {
+        if self.swarm.is_connected(&peer) || self.banned.contains(&peer) || self.is_stopping() {
             return;
         }
         self.redial.note_attempt(&peer);
