@@ -124,9 +124,13 @@ impl EventLoop {
     pub(super) async fn run(mut self) -> Vec<String> {
         let mut commands_open = true;
         loop {
+            // Shutdown is checked first; the branches below are polled in random order so that
+            // neither a burst of commands nor a burst of swarm events starves the other.
+            if self.shutdown.is_cancelled() {
+                break;
+            }
             let next_redial = self.redial.next_due();
             tokio::select! {
-                biased;
                 () = self.shutdown.cancelled() => break,
                 command = self.commands.recv(), if commands_open => match command {
                     Some(command) => self.on_command(command).await,
