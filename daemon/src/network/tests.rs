@@ -350,49 +350,55 @@ async fn bad_input_is_invalid() {
 
 #[tokio::test]
 async fn taken_port_fails_with_the_address_unless_dev() {
-    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    let port = holder.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
-    let wanted = format!("/ip4/127.0.0.1/tcp/{port}");
-    let cfg = test_config(&[&wanted]);
+    // Held by plain sockets, as another program would hold them.
+    let tcp_holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let udp_holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let tcp_port = tcp_holder.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+    let udp_port = udp_holder.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+    for wanted in [
+        format!("/ip4/127.0.0.1/tcp/{tcp_port}"),
+        format!("/ip4/127.0.0.1/udp/{udp_port}/quic-v1"),
+    ] {
+        let cfg = test_config(&[&wanted]);
+        let err = spawn(
+            Keypair::generate_ed25519(),
+            &cfg,
+            false,
+            Vec::new(),
+            Vec::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_else(|| panic!("listening on taken {wanted} succeeded"));
+        assert!(err.contains(&wanted), "error does not name the address: {err}");
+        assert!(
+            err.contains("network.listen"),
+            "error does not say what to change: {err}"
+        );
 
-    let err = spawn(
-        Keypair::generate_ed25519(),
-        &cfg,
-        false,
-        Vec::new(),
-        Vec::new(),
-        CancellationToken::new(),
-    )
-    .await
-    .err()
-    .map(|e| format!("{e:#}"))
-    .unwrap_or_else(|| panic!("listening on a taken port succeeded"));
-    assert!(err.contains(&wanted), "error does not name the address: {err}");
-    assert!(
-        err.contains("network.listen"),
-        "error does not say what to change: {err}"
-    );
-
-    let token = CancellationToken::new();
-    let net = spawn(
-        Keypair::generate_ed25519(),
-        &cfg,
-        true,
-        Vec::new(),
-        Vec::new(),
-        token.clone(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("dev mode should pick a free port: {e:#}"));
-    assert_eq!(net.listen_addrs.len(), 1);
-    assert!(
-        !net.listen_addrs[0].contains(&format!("/tcp/{port}/")),
-        "{:?}",
-        net.listen_addrs
-    );
-    token.cancel();
-    tokio::time::timeout(WAIT, net.task).await.ok();
-    drop(holder);
+        let token = CancellationToken::new();
+        let net = spawn(
+            Keypair::generate_ed25519(),
+            &cfg,
+            true,
+            Vec::new(),
+            Vec::new(),
+            token.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("dev mode should pick a free port instead of {wanted}: {e:#}"));
+        assert_eq!(net.listen_addrs.len(), 1);
+        assert!(
+            !net.listen_addrs[0].starts_with(&format!("{wanted}/")),
+            "{:?}",
+            net.listen_addrs
+        );
+        token.cancel();
+        tokio::time::timeout(WAIT, net.task).await.ok();
+    }
+    drop((tcp_holder, udp_holder));
 }
 
 #[tokio::test]
