@@ -58,25 +58,9 @@ impl EventLoop {
     }
 
     fn dial(&mut self, target: DialTarget, reply: Reply<ConnectOutcome>) {
-        let (peer, opts) = match target {
-            DialTarget::Peer(peer) => {
-                let opts = DialOpts::peer_id(peer)
-                    .addresses(self.addresses.get(&peer))
-                    .extend_addresses_through_behaviour()
-                    .condition(PeerCondition::Disconnected)
-                    .build();
-                (Some(peer), opts)
-            }
-            DialTarget::Addr { addr, peer: Some(peer) } => {
-                // Remember it first, so a later redial of this peer knows where to go.
-                self.learn_address(peer, &addr, false);
-                let opts = DialOpts::peer_id(peer)
-                    .addresses(vec![addr])
-                    .condition(PeerCondition::Disconnected)
-                    .build();
-                (Some(peer), opts)
-            }
-            DialTarget::Addr { addr, peer: None } => (None, DialOpts::unknown_peer_id().address(addr).build()),
+        let peer = match &target {
+            DialTarget::Peer(peer) => Some(*peer),
+            DialTarget::Addr { peer, .. } => *peer,
         };
         if let Some(peer) = peer {
             if self.banned.contains(&peer) {
@@ -85,9 +69,7 @@ impl EventLoop {
                 ))));
                 return;
             }
-            if let Some(conns) = self.peers.get(&peer)
-                && let Some(first) = conns.conns.first()
-            {
+            if let Some(first) = self.peers.get(&peer).and_then(|p| p.conns.first()) {
                 let outcome = ConnectOutcome {
                     peer_id: peer.to_string(),
                     addr: first.addr.to_string(),
@@ -97,6 +79,22 @@ impl EventLoop {
                 return;
             }
         }
+        let opts = match target {
+            DialTarget::Peer(peer) => DialOpts::peer_id(peer)
+                .addresses(self.addresses.get(&peer))
+                .extend_addresses_through_behaviour()
+                .condition(PeerCondition::Disconnected)
+                .build(),
+            DialTarget::Addr { addr, peer: Some(peer) } => {
+                // Remember it first, so a later redial of this peer knows where to go.
+                self.learn_address(peer, &addr, false);
+                DialOpts::peer_id(peer)
+                    .addresses(vec![addr])
+                    .condition(PeerCondition::Disconnected)
+                    .build()
+            }
+            DialTarget::Addr { addr, peer: None } => DialOpts::unknown_peer_id().address(addr).build(),
+        };
         let connection_id = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {

@@ -27,6 +27,8 @@ use crate::config::NetworkConfig;
 
 /// How long shutdown waits for connections to close politely.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// A session shorter than this does not reset a peer's redial backoff.
+pub(super) const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 /// DHT lookups in flight at once; more are refused rather than queued.
 pub(super) const MAX_PENDING_FINDS: usize = 32;
 
@@ -39,10 +41,15 @@ pub(super) struct Conn {
 }
 
 /// A connected peer: its connections, oldest first, and its latest round trip.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct PeerConns {
     pub(super) conns: Vec<Conn>,
     pub(super) rtt: Option<Duration>,
+    /// When the first connection of this session opened.
+    pub(super) since: Instant,
+    /// Redial attempts made before this session, put back if it does not last (see
+    /// [`STABLE_CONNECTION`]).
+    pub(super) prior_attempts: u32,
     /// We dialled it at least once during this session: we wanted it, so losing it is redialled.
     /// A peer that only dialled us is left to redial us itself; otherwise a `disconnect` on one
     /// side would be undone at once by the other side's redial.
@@ -117,9 +124,13 @@ impl EventLoop {
     pub(super) async fn run(mut self) -> Vec<String> {
         let mut commands_open = true;
         loop {
+            // Shutdown is checked first; the branches below are polled in random order so that
+            // neither a burst of commands nor a burst of swarm events starves the other.
+            if self.shutdown.is_cancelled() {
+                break;
+            }
             let next_redial = self.redial.next_due();
             tokio::select! {
-                biased;
                 () = self.shutdown.cancelled() => break,
                 command = self.commands.recv(), if commands_open => match command {
                     Some(command) => self.on_command(command).await,
@@ -269,7 +280,7 @@ impl EventLoop {
         if to_dht && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
             kad.add_address(&peer, addr);
         }
-        if !self.peers.contains_key(&peer) && !self.banned.contains(&peer) && self.redial.rearm(&peer) {
+        if !self.swarm.is_connected(&peer) && !self.banned.contains(&peer) && self.redial.rearm(&peer) {
             self.dial_to_keep(peer);
         }
     }
@@ -277,7 +288,7 @@ impl EventLoop {
     /// Dials a peer we keep (pinned or lost), counting the attempt; a dial that cannot even
     /// start schedules the next one.
     pub(super) fn dial_to_keep(&mut self, peer: PeerId) {
-        if self.peers.contains_key(&peer) || self.banned.contains(&peer) || self.is_stopping() {
+        if self.swarm.is_connected(&peer) || self.banned.contains(&peer) || self.is_stopping() {
             return;
         }
         self.redial.note_attempt(&peer);

@@ -3,11 +3,12 @@
 //! address cannot be used.
 //!
 //! libp2p's TCP listener sets SO_REUSEPORT, so a second daemon could silently share a port with
-//! the first. A TCP port is therefore probed first with a plain socket (no SO_REUSEPORT), which
-//! fails when anyone holds it. QUIC's UDP socket is bound without SO_REUSEPORT and fails by itself.
+//! the first. A fixed port is therefore probed first with a plain socket (no SO_REUSEPORT), which
+//! fails when anyone holds it. QUIC is probed the same way because its bind error reaches us
+//! wrapped so deeply that "address in use" can no longer be told apart from other failures.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -68,9 +69,11 @@ impl EventLoop {
     }
 
     fn listen_once(&mut self, addr: &Multiaddr) -> Result<ListenerId, io::Error> {
-        if let Some(socket) = tcp_socket_addr(addr) {
-            // Dropped at once: it only proves nobody else holds the port.
-            drop(TcpListener::bind(socket)?);
+        // Dropped at once: the probe only proves nobody else holds the port.
+        match probe_addr(addr) {
+            Some(Probe::Tcp(socket)) => drop(TcpListener::bind(socket)?),
+            Some(Probe::Udp(socket)) => drop(UdpSocket::bind(socket)?),
+            None => {}
         }
         self.swarm.listen_on(addr.clone()).map_err(|e| match e {
             libp2p::TransportError::MultiaddrNotSupported(a) => io::Error::new(
@@ -95,16 +98,24 @@ fn listen_error(addr: &Multiaddr, e: &io::Error) -> anyhow::Error {
     anyhow!("cannot listen on {addr}: {e}; {fix}")
 }
 
-/// The socket address of a `/ip4|ip6/<ip>/tcp/<port>` with a fixed port, for the probe.
-fn tcp_socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+}
+
+/// What to probe for `/ip4|ip6/<ip>/tcp/<port>` or `/ip4|ip6/<ip>/udp/<port>/quic-v1` with a
+/// fixed port; nothing for port 0 or other shapes (libp2p reports those itself).
+fn probe_addr(addr: &Multiaddr) -> Option<Probe> {
     let mut it = addr.iter();
     let ip: IpAddr = match it.next()? {
         Protocol::Ip4(ip) => ip.into(),
         Protocol::Ip6(ip) => ip.into(),
         _ => return None,
     };
-    match (it.next()?, it.next()) {
-        (Protocol::Tcp(port), None) if port != 0 => Some(SocketAddr::new(ip, port)),
+    match (it.next()?, it.next(), it.next()) {
+        (Protocol::Tcp(port), None, None) if port != 0 => Some(Probe::Tcp(SocketAddr::new(ip, port))),
+        (Protocol::Udp(port), Some(Protocol::QuicV1), None) if port != 0 => Some(Probe::Udp(SocketAddr::new(ip, port))),
         _ => None,
     }
 }
@@ -152,12 +163,12 @@ mod tests {
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(with_port_zero(&a).to_string(), "/ip4/127.0.0.1/udp/0/quic-v1");
-        assert_eq!(tcp_socket_addr(&a), None);
+        let socket: SocketAddr = "127.0.0.1:9092".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(probe_addr(&a), Some(Probe::Udp(socket)));
         let t: Multiaddr = "/ip4/127.0.0.1/tcp/9092".parse().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            tcp_socket_addr(&t),
-            Some("127.0.0.1:9092".parse().unwrap_or_else(|e| panic!("{e}")))
-        );
+        assert_eq!(probe_addr(&t), Some(Probe::Tcp(socket)));
+        let zero: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(probe_addr(&zero), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The daemon's libp2p node.
 //!
-//! One task ([`event_loop`]) owns the `Swarm`; nothing else touches it. Others talk to it through
+//! One task (`event_loop.rs`) owns the `Swarm`; nothing else touches it. Others talk to it through
 //! a [`NetworkHandle`] (commands with `oneshot` replies over a bounded channel) and hear from it
 //! through a bounded channel of [`NetEvent`]s. libp2p types stay inside this module: what leaves
 //! it is strings and `firma_ipc` wire types.
@@ -9,6 +9,12 @@
 //! `swarm_events.rs` translates swarm events, `commands.rs` answers the handle, `listen.rs` binds
 //! the listeners before [`spawn`] returns, `redial.rs` decides when lost peers are dialled again,
 //! `address_book.rs` remembers where peers can be reached.
+//!
+//! Who is redialled when lost (by `network.retry`): pinned peers (seeds with `redial`, and
+//! `set_redial(true)`) and peers this node dialled itself. A peer that only dialled us is left to
+//! dial us again, so that a `disconnect` on one side is not undone at once by the other side.
+//! `disconnect` and bans stop redialling; a connection that lasted under 30 s does not reset the
+//! backoff (a peer that accepts and closes at once is not hammered).
 
 mod address_book;
 mod behaviour;
@@ -74,7 +80,7 @@ pub enum NetEvent {
         peer_id: String,
         rtt_us: u64,
     },
-    /// A full address including `/p2p/<local id>`.
+    /// A full address including `/p2p/<local id>`. Other addresses in events have no `/p2p` part.
     ListenAddrAdded {
         addr: String,
     },
@@ -108,7 +114,8 @@ pub struct Network {
     pub events: mpsc::Receiver<NetEvent>,
     /// Ends after `shutdown` fires, with the peer ids that were connected at that moment.
     pub task: tokio::task::JoinHandle<Vec<String>>,
-    /// Every address bound before `spawn` returned, each ending in `/p2p/<local id>`.
+    /// Every address bound before `spawn` returned, each ending in `/p2p/<local id>`. Each was
+    /// also sent as a `ListenAddrAdded` event, first in `events`.
     pub listen_addrs: Vec<String>,
 }
 

@@ -104,13 +104,28 @@ impl RedialTable {
         }
     }
 
-    /// The peer is connected: the backoff starts over, and unpinned peers leave the table.
-    pub(crate) fn connected(&mut self, peer: &PeerId) {
+    /// The peer is connected: its scheduled attempt is cancelled, the backoff starts over and
+    /// unpinned peers leave the table. Returns the attempts made before, for
+    /// [`RedialTable::restore_attempts`] when the connection does not last.
+    pub(crate) fn connected(&mut self, peer: &PeerId) -> u32 {
+        let before = self.entries.get(peer).map_or(0, |e| e.attempts);
         let pinned = self.is_pinned(peer);
         self.forget(peer);
         if pinned {
             self.pin(*peer);
         }
+        before
+    }
+
+    /// A connection that dropped soon after it opened does not count as success: the attempts
+    /// made before it are put back, so a peer that accepts and then closes at once is redialled
+    /// with a growing delay, not every `initial_delay`. Respects the table's bound.
+    pub(crate) fn restore_attempts(&mut self, peer: PeerId, attempts: u32) {
+        if !self.entries.contains_key(&peer) && self.unpinned() >= MAX_UNPINNED_REDIALS {
+            return;
+        }
+        let entry = self.entries.entry(peer).or_default();
+        entry.attempts = entry.attempts.max(attempts);
     }
 
     /// Something new was learnt about a pinned peer that had been given up on (a fresh address):
@@ -281,11 +296,32 @@ mod tests {
         assert!(!t.contains(&a));
 
         // Connected: backoff resets, pinned peers stay, the scheduled attempt is cancelled.
-        t.connected(&b);
+        assert_eq!(t.connected(&b), 0, "rearm started b over");
         assert!(t.is_pinned(&b) && !t.is_scheduled(&b));
         assert_eq!(t.next_due(), None);
         t.forget(&b);
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_connection_that_drops_at_once_keeps_the_backoff_growing() {
+        let c = cfg(0, 0.0);
+        let now = Instant::now();
+        let peer = PeerId::random();
+        let mut t = RedialTable::default();
+        for _ in 0..3 {
+            t.schedule(peer, &c, now, 0.0);
+            t.take_due(now + Duration::from_secs(10));
+            t.note_attempt(&peer);
+        }
+        let before = t.connected(&peer);
+        assert_eq!(before, 3);
+        assert!(!t.contains(&peer), "unpinned peers leave the table while connected");
+        t.restore_attempts(peer, before);
+        assert_eq!(
+            t.schedule(peer, &c, now, 0.0),
+            Scheduled::At(now + Duration::from_millis(800))
+        );
     }
 
     #[test]

@@ -2,22 +2,25 @@
 //! redials, pending replies). Every libp2p type ends here; only strings go out.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use firma_ipc::IpcError;
 use firma_ipc::types::{AddrSource, ConnectOutcome, Direction};
 use libp2p::core::ConnectedPoint;
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, identify, kad, mdns, ping};
+use tokio::time::Instant;
 
 use super::NetEvent;
-use super::address_book::with_p2p;
+use super::address_book::{with_p2p, without_p2p};
 use super::behaviour::{BehaviourEvent, KAD_PROTOCOL};
-use super::event_loop::{Conn, EventLoop, ListenerState};
+use super::event_loop::{Conn, EventLoop, ListenerState, PeerConns, STABLE_CONNECTION};
 
 /// Limits on what a peer's identify message may put into our events and address book.
 const MAX_AGENT_CHARS: usize = 256;
 const MAX_PROTOCOLS: usize = 64;
-const MAX_IDENTIFY_ADDRS: usize = 16;
+/// Addresses taken from one identify message or one discovery report.
+const MAX_PEER_ADDRS: usize = 16;
 
 impl EventLoop {
     pub(super) async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -112,7 +115,8 @@ impl EventLoop {
         endpoint: &ConnectedPoint,
         num_established: u32,
     ) {
-        let addr = endpoint.get_remote_address().clone();
+        // Addresses leave this module without /p2p: the peer id travels next to them.
+        let addr = without_p2p(endpoint.get_remote_address());
         let direction = if endpoint.is_dialer() {
             Direction::Outbound
         } else {
@@ -126,18 +130,26 @@ impl EventLoop {
             };
             let _ = reply.send(Ok(outcome));
         }
-        if endpoint.is_dialer() {
-            // An address we reached is worth remembering; an inbound one is usually an ephemeral port.
-            self.learn_address(peer, &addr, false);
-        }
-        self.redial.connected(&peer);
-        let entry = self.peers.entry(peer).or_default();
+        let entry = match self.peers.entry(peer) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(PeerConns {
+                conns: Vec::new(),
+                rtt: None,
+                since: Instant::now(),
+                prior_attempts: self.redial.connected(&peer),
+                dialled: false,
+            }),
+        };
         entry.conns.push(Conn {
             id: connection_id,
             addr: addr.clone(),
             direction,
         });
         entry.dialled |= direction == Direction::Outbound;
+        if endpoint.is_dialer() {
+            // An address we reached is worth remembering; an inbound one is usually an ephemeral port.
+            self.learn_address(peer, &addr, false);
+        }
         if num_established == 1 {
             tracing::info!(peer_id = %peer, %addr, ?direction, "peer connected");
             self.emit(NetEvent::Connected {
@@ -156,14 +168,19 @@ impl EventLoop {
         if remaining > 0 {
             return;
         }
-        let dialled = self.peers.remove(&peer).is_some_and(|p| p.dialled);
         let on_purpose = self.closing.remove(&peer);
+        let Some(session) = self.peers.remove(&peer) else {
+            return;
+        };
         tracing::info!(peer_id = %peer, reason = reason.as_deref().unwrap_or("closed"), "peer disconnected");
         if self.is_stopping() {
             return;
         }
         // A peer we dialled (or pinned) is worth keeping, unless we closed it ourselves or banned it.
-        if !on_purpose && !self.banned.contains(&peer) && (dialled || self.redial.is_pinned(&peer)) {
+        if !on_purpose && !self.banned.contains(&peer) && (session.dialled || self.redial.is_pinned(&peer)) {
+            if session.since.elapsed() < STABLE_CONNECTION {
+                self.redial.restore_attempts(peer, session.prior_attempts);
+            }
             self.schedule_redial(peer);
         }
         self.emit(NetEvent::Disconnected {
@@ -227,7 +244,7 @@ impl EventLoop {
 
     async fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
         let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
-        let listen_addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS).collect();
+        let listen_addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(MAX_PEER_ADDRS).collect();
         for addr in &listen_addrs {
             // Only DHT servers belong in the routing table.
             self.learn_address(peer, addr, speaks_kad);
@@ -244,7 +261,7 @@ impl EventLoop {
             peer_id: peer.to_string(),
             agent,
             protocols,
-            listen_addrs: listen_addrs.iter().map(ToString::to_string).collect(),
+            listen_addrs: listen_addrs.iter().map(|a| without_p2p(a).to_string()).collect(),
         })
         .await;
     }
@@ -253,10 +270,11 @@ impl EventLoop {
         if peer == self.local_peer_id || self.banned.contains(&peer) {
             return;
         }
+        let addrs: Vec<Multiaddr> = addrs.into_iter().take(MAX_PEER_ADDRS).collect();
         for addr in &addrs {
             self.learn_address(peer, addr, false);
         }
-        let addrs = addrs.iter().map(ToString::to_string).collect();
+        let addrs = addrs.iter().map(|a| without_p2p(a).to_string()).collect();
         self.emit(NetEvent::Discovered {
             peer_id: peer.to_string(),
             addrs,

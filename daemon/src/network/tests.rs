@@ -335,54 +335,70 @@ async fn bad_input_is_invalid() {
     assert_eq!(h.dial(other).await.err().map(|e| e.code), Some(ErrorCode::NotFound));
     // The DHT is off in this node.
     assert_eq!(h.bootstrap().await.err().map(|e| e.code), Some(ErrorCode::Unavailable));
+    assert_eq!(
+        h.find_peer(libp2p::PeerId::random().to_string())
+            .await
+            .err()
+            .map(|e| e.code),
+        Some(ErrorCode::Unavailable)
+    );
+    // mDNS stays off (it is never switched on in tests: it would reach the machine's own network).
+    let state = h.set_mdns(false).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!state.mdns_enabled && !state.dht_enabled);
     a.stop().await;
 }
 
 #[tokio::test]
 async fn taken_port_fails_with_the_address_unless_dev() {
-    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    let port = holder.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
-    let wanted = format!("/ip4/127.0.0.1/tcp/{port}");
-    let cfg = test_config(&[&wanted]);
+    // Held by plain sockets, as another program would hold them.
+    let tcp_holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let udp_holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let tcp_port = tcp_holder.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+    let udp_port = udp_holder.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+    for wanted in [
+        format!("/ip4/127.0.0.1/tcp/{tcp_port}"),
+        format!("/ip4/127.0.0.1/udp/{udp_port}/quic-v1"),
+    ] {
+        let cfg = test_config(&[&wanted]);
+        let err = spawn(
+            Keypair::generate_ed25519(),
+            &cfg,
+            false,
+            Vec::new(),
+            Vec::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_else(|| panic!("listening on taken {wanted} succeeded"));
+        assert!(err.contains(&wanted), "error does not name the address: {err}");
+        assert!(
+            err.contains("network.listen"),
+            "error does not say what to change: {err}"
+        );
 
-    let err = spawn(
-        Keypair::generate_ed25519(),
-        &cfg,
-        false,
-        Vec::new(),
-        Vec::new(),
-        CancellationToken::new(),
-    )
-    .await
-    .err()
-    .map(|e| format!("{e:#}"))
-    .unwrap_or_else(|| panic!("listening on a taken port succeeded"));
-    assert!(err.contains(&wanted), "error does not name the address: {err}");
-    assert!(
-        err.contains("network.listen"),
-        "error does not say what to change: {err}"
-    );
-
-    let token = CancellationToken::new();
-    let net = spawn(
-        Keypair::generate_ed25519(),
-        &cfg,
-        true,
-        Vec::new(),
-        Vec::new(),
-        token.clone(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("dev mode should pick a free port: {e:#}"));
-    assert_eq!(net.listen_addrs.len(), 1);
-    assert!(
-        !net.listen_addrs[0].contains(&format!("/tcp/{port}/")),
-        "{:?}",
-        net.listen_addrs
-    );
-    token.cancel();
-    tokio::time::timeout(WAIT, net.task).await.ok();
-    drop(holder);
+        let token = CancellationToken::new();
+        let net = spawn(
+            Keypair::generate_ed25519(),
+            &cfg,
+            true,
+            Vec::new(),
+            Vec::new(),
+            token.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("dev mode should pick a free port instead of {wanted}: {e:#}"));
+        assert_eq!(net.listen_addrs.len(), 1);
+        assert!(
+            !net.listen_addrs[0].starts_with(&format!("{wanted}/")),
+            "{:?}",
+            net.listen_addrs
+        );
+        token.cancel();
+        tokio::time::timeout(WAIT, net.task).await.ok();
+    }
+    drop((tcp_holder, udp_holder));
 }
 
 #[tokio::test]
@@ -458,6 +474,111 @@ async fn find_peer_through_the_dht() {
         .bootstrap()
         .await
         .unwrap_or_else(|e| panic!("bootstrap with a known peer: {e}"));
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn pinned_seeds_are_dialled_at_start_and_banned_ids_refused() {
+    let b = Node::tcp("/ip4/127.0.0.1/tcp/0").await;
+    let c = Node::tcp("/ip4/127.0.0.1/tcp/0").await;
+    let (b_id, c_id) = (b.id(), c.id());
+    let seeds = vec![
+        SeedPeer {
+            peer_id: b_id.clone(),
+            addrs: vec![b.addr("/tcp/")],
+            redial: true,
+        },
+        // Known but not pinned: remembered, not dialled.
+        SeedPeer {
+            peer_id: c_id.clone(),
+            addrs: vec![c.addr("/tcp/")],
+            redial: false,
+        },
+        SeedPeer {
+            peer_id: "not-a-peer-id".into(),
+            addrs: vec!["garbage".into()],
+            redial: true,
+        },
+    ];
+    let banned = vec![c_id.clone(), "also-garbage".into()];
+    let token = CancellationToken::new();
+    let cfg = test_config(&["/ip4/127.0.0.1/tcp/0"]);
+    let key = Keypair::generate_ed25519();
+    let net = spawn(key.clone(), &cfg, false, seeds, banned, token.clone())
+        .await
+        .unwrap_or_else(|e| panic!("spawn with seeds: {e:#}"));
+    let mut a = Node {
+        net,
+        token,
+        key: Keypair::generate_ed25519(),
+    };
+    let ev = a.expect("A dialled its pinned seed B", is_connected_to(&b_id)).await;
+    assert!(
+        matches!(
+            ev,
+            NetEvent::Connected {
+                direction: Direction::Outbound,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
+    let err = a.net.handle.dial(c_id).await.err().map(|e| e.code);
+    assert_eq!(err, Some(ErrorCode::Invalid), "a peer banned at start is never dialled");
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn reload_changes_limits_without_dropping_connections() {
+    let cfg = test_config(&["/ip4/127.0.0.1/tcp/0"]);
+    let a = Node::start(Keypair::generate_ed25519(), &cfg).await;
+    let b = Node::tcp("/ip4/127.0.0.1/tcp/0").await;
+    let c = Node::tcp("/ip4/127.0.0.1/tcp/0").await;
+    a.net
+        .handle
+        .dial(b.addr("/tcp/"))
+        .await
+        .unwrap_or_else(|e| panic!("dial B: {e}"));
+
+    let mut tight = cfg.clone();
+    tight.limits.max_established_outgoing = 1;
+    tight.retry.max_delay = Duration::from_secs(1);
+    a.net
+        .handle
+        .reload(tight)
+        .await
+        .unwrap_or_else(|e| panic!("reload: {e}"));
+    let connected = a.net.handle.connected().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(connected.len(), 1, "reload dropped a connection: {connected:?}");
+    let err = a.net.handle.dial(c.addr("/tcp/")).await.err();
+    assert_eq!(err.as_ref().map(|e| e.code), Some(ErrorCode::Unavailable), "{err:?}");
+    assert!(err.is_some_and(|e| e.message.contains("refused by local policy")));
+
+    a.net
+        .handle
+        .reload(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("reload back: {e}"));
+    a.net
+        .handle
+        .dial(c.addr("/tcp/"))
+        .await
+        .unwrap_or_else(|e| panic!("dial C after the limit was raised: {e}"));
+    assert_eq!(
+        a.net.handle.connected().await.unwrap_or_else(|e| panic!("{e}")).len(),
+        2
+    );
+
+    let mut bad = test_config(&["/ip4/127.0.0.1/tcp/0"]);
+    bad.bootstrap = vec!["/ip4/127.0.0.1/tcp/1".into()];
+    assert_eq!(
+        a.net.handle.reload(bad).await.err().map(|e| e.code),
+        Some(ErrorCode::Invalid)
+    );
     a.stop().await;
     b.stop().await;
     c.stop().await;
