@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use firma_ipc::types::AddrSource;
 use firma_tests::netns::NetnsPair;
-use firma_tests::{Daemon, DaemonOpts};
+use firma_tests::{Daemon, DaemonOpts, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mdns_discovers_across_veth() -> anyhow::Result<()> {
@@ -26,18 +26,21 @@ async fn mdns_discovers_across_veth() -> anyhow::Result<()> {
         Daemon::spawn(opts("mdns-b", &pair.b))
     )?;
     ensure!(a.status().await?.discovery.mdns_enabled, "mdns is off in a");
+    // First discovery (the address book learns the other's veth address from mDNS), then the
+    // connection, so that a failure says which of the two is missing.
+    for (x, y, y_addr) in [(&a, &b, &pair.b.addr), (&b, &a, &pair.a.addr)] {
+        let what = format!("`{}` to learn `{}` from mDNS", x.name(), y.name());
+        wait_for(Duration::from_secs(30), &what, || async {
+            x.peer(y.peer_id()).await.is_ok_and(|p| {
+                p.addrs
+                    .iter()
+                    .any(|ad| ad.source == AddrSource::Mdns && ad.addr.contains(y_addr.as_str()))
+            })
+        })
+        .await
+        .with_context(|| x.log_tail())?;
+    }
     a.wait_connected(b.peer_id(), Duration::from_secs(30)).await?;
     b.wait_connected(a.peer_id(), Duration::from_secs(30)).await?;
-    let pb = a.peer(b.peer_id()).await?;
-    ensure!(
-        pb.addrs.iter().any(|x| x.source == AddrSource::Mdns),
-        "b's addresses at a are not from mDNS: {:?}",
-        pb.addrs
-    );
-    ensure!(
-        pb.addrs.iter().any(|x| x.addr.contains(&pair.b.addr)),
-        "b's veth address unknown to a: {:?}",
-        pb.addrs
-    );
     Ok(())
 }
