@@ -15,6 +15,7 @@ pub mod js;
 pub mod netns;
 pub mod ops;
 pub mod wait;
+pub mod web;
 
 pub use harness::{Daemon, DaemonOpts};
 pub use wait::{wait_for, wait_for_value};

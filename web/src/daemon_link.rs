@@ -262,10 +262,11 @@ impl DaemonLink {
                         instance: batch.instance,
                         seq: after,
                     });
+                    // Online first, so clients read "online" and then the resync with its snapshot.
+                    self.publish(Published::Daemon { online: true });
                     self.publish(Published::Resync {
                         reason: "daemon_restarted",
                     });
-                    self.publish(Published::Daemon { online: true });
                     tracing::info!(socket = %self.socket.display(), "transport daemon reachable (new instance)");
                     continue;
                 }
@@ -303,7 +304,12 @@ impl DaemonLink {
 
 /// One line for logs and `/health`; the client's errors already name the socket.
 fn describe(e: &ConnectError) -> String {
-    e.to_string().lines().next().unwrap_or_default().to_owned()
+    e.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('.')
+        .to_owned()
 }
 
 /// The `/ws` form of an event: the envelope flattened, `{"seq":N,"at_ms":T,"type":"peer_connected",...}`.

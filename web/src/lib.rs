@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon_link;
 pub mod error;
 pub mod explorer_ws;
+pub mod listener;
 pub mod metrics;
 pub mod reload;
 pub mod routes;
@@ -36,6 +37,8 @@ use crate::state::{AppState, Shutdown, WsStats};
 
 /// Accept queue length: clients that connect while a reload is under way wait here.
 const LISTEN_BACKLOG: u32 = 1024;
+/// How long a stop waits for accepted-but-silent connections to send their request.
+const FRESH_GRACE: Duration = Duration::from_millis(250);
 /// How long a fresh process waits for its first daemon connection before serving anyway.
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(3);
 
@@ -147,16 +150,26 @@ pub async fn run(
     }
 
     let app = routes::router(state.clone());
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.token().clone().cancelled_owned());
+    let (listener, fresh) = listener::DrainingListener::new(listener, shutdown.token().clone());
+    // Told only once the connections already accepted have spoken (see listener.rs).
+    let graceful = CancellationToken::new();
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful.clone().cancelled_owned());
     let mut server = tokio::spawn(async move { server.await });
-    tokio::select! {
-        _ = shutdown.token().cancelled() => {}
-        r = &mut server => {
-            // axum's serve only ends early on a fatal error; stop everything with it.
-            shutdown.trigger(false);
-            r.context("server task failed")?.context("server failed")?;
-        }
+    // Biased: once shutdown is asked, the server ending is the drain, not a failure.
+    let ended_early = tokio::select! {
+        biased;
+        _ = shutdown.token().cancelled() => None,
+        r = &mut server => Some(r),
+    };
+    if let Some(r) = ended_early {
+        // axum's serve only ends by itself on a fatal error; stop everything with it.
+        shutdown.trigger(false);
+        link_stop.cancel();
+        r.context("server task failed")?.context("server failed")?;
+        anyhow::bail!("the HTTP server on {bound} stopped by itself");
     }
+    fresh.settle(FRESH_GRACE).await;
+    graceful.cancel();
     state.ws_tasks.close();
     let deadline = state.config.drain_timeout;
     let drained = tokio::time::timeout(deadline, async {
