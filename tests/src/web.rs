@@ -564,7 +564,7 @@ impl WsClient {
                     let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
                     return Ok(WsMsg::Close(code));
                 }
-                0x0 | 0x1 | 0x2 => {
+                0x0..=0x2 => {
                     if opcode != 0 {
                         kind = opcode;
                     }

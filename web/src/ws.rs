@@ -39,6 +39,9 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// instead of growing memory.
 pub const MAX_WRITE_BUFFER: usize = 4 * MAX_BODY;
 
+const READ_BUFFER: usize = 8 * 1024;
+const WRITE_BUFFER: usize = 8 * 1024;
+
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
     since: Option<u64>,
@@ -58,7 +61,11 @@ pub fn admit(state: &AppState, ws: WebSocketUpgrade) -> Result<WebSocketUpgrade,
             ),
         ));
     }
+    // Small buffers: clients send little, and every message is flushed as it is sent, so the
+    // defaults (128 KiB each way per client) would only cost memory at a thousand clients.
     Ok(ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(MAX_BODY)
         .max_frame_size(MAX_BODY)
         .max_write_buffer_size(MAX_WRITE_BUFFER))
