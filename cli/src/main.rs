@@ -19,10 +19,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use commands::audit::AuditArgs;
+use commands::decide::Decision;
 use commands::discovery::DiscoveryArgs;
+use commands::get::GetArgs;
 use commands::history::HistoryArgs;
 use commands::marks::Mark;
 use commands::peers::PeersArgs;
+use commands::send::SendArgs;
+use commands::transfers::TransfersArgs;
 use commands::watch::WatchArgs;
 use firma_ipc::client::CALL_TIMEOUT;
 
@@ -159,6 +163,52 @@ a {\"resync\":true,...} object) and continues with the newest events. Ctrl-C end
         after_help = "Examples:\n  firmactl watch\n  firmactl watch --since 0\n  firmactl watch --peer 12D3KooW...\n  firmactl --json watch | jq -c 'select(.event.type == \"peer_connected\")'"
     )]
     Watch(WatchArgs),
+    /// Send documents to a peer and follow the transfer until the recipient's signed receipt is back.
+    #[command(
+        long_about = "Send documents to a peer. firmactl streams each FILE into the daemon over the control socket \
+(the daemon never opens your files), creates the transfer, and follows it with a progress bar until the recipient \
+returns a signed receipt. If the daemon restarts meanwhile, firmactl reconnects and goes on; an upload cut short \
+resumes where it stopped. A recipient that is offline is not an error: the transfer waits in the daemon's outbox \
+until the peer is reachable or the deadline passes. Ctrl-C stops following; the transfer goes on in the daemon.",
+        after_help = "Examples:\n  firmactl send 12D3KooW... contract.pdf annex.pdf --message 'Please sign by Friday'\n  firmactl send 12D3KooW... contract.pdf --deadline 7d --require-all\n  firmactl --json send --no-wait 12D3KooW... contract.pdf | jq -r .id"
+    )]
+    Send(SendArgs),
+    /// List transfers: all of them, or the incoming, outgoing or unfinished ones.
+    #[command(
+        after_help = "Examples:\n  firmactl transfers --active\n  firmactl --json transfers --incoming | jq -r '.[] | [.id, .state] | @tsv'"
+    )]
+    Transfers(TransfersArgs),
+    /// Show one transfer: state, progress, documents, recipients and receipt.
+    #[command(after_help = "Example:\n  firmactl transfer V1StGXR8_Z5jdHi6B-myT")]
+    Transfer(TransferArg),
+    /// Accept an incoming transfer that waits for a decision (inbox policy `ask`).
+    #[command(after_help = "Example:\n  firmactl accept V1StGXR8_Z5jdHi6B-myT")]
+    Accept(TransferArg),
+    /// Reject an incoming transfer; the sender is told the reason.
+    #[command(after_help = "Example:\n  firmactl reject V1StGXR8_Z5jdHi6B-myT --reason 'wrong contract'")]
+    Reject {
+        #[command(flatten)]
+        transfer: TransferArg,
+        /// Why, for the sender.
+        #[arg(long, value_name = "TEXT", default_value = "rejected by the recipient's operator")]
+        reason: String,
+    },
+    /// Cancel a transfer that has not finished.
+    #[command(after_help = "Example:\n  firmactl cancel V1StGXR8_Z5jdHi6B-myT")]
+    Cancel(TransferArg),
+    /// Download a received document to a file (written whole or not at all, its SHA-256 checked).
+    #[command(
+        after_help = "Examples:\n  firmactl get V1StGXR8_Z5jdHi6B-myT doc-1 -o contract.pdf\n  firmactl get V1StGXR8_Z5jdHi6B-myT contract.pdf -o ~/signed/contract.pdf --force"
+    )]
+    Get(GetArgs),
+}
+
+/// The transfer a command is about.
+#[derive(Debug, Args)]
+struct TransferArg {
+    /// The transfer's id (see: firmactl transfers).
+    #[arg(value_name = "TRANSFER_ID")]
+    id: String,
 }
 
 impl Command {
@@ -201,6 +251,15 @@ async fn run(cli: Cli, out: Output) -> Result<(), CliError> {
         Command::Metrics => commands::metrics::run(s, out).await,
         Command::Audit(args) => commands::audit::run(s, out, args).await,
         Command::Watch(args) => commands::watch::run(session, out, args).await,
+        Command::Send(args) => commands::send::run(session, out, args).await,
+        Command::Transfers(args) => commands::transfers::run(s, out, args).await,
+        Command::Transfer(t) => commands::transfer::run(s, out, t.id).await,
+        Command::Accept(t) => commands::decide::run(s, out, t.id, Decision::Accept).await,
+        Command::Reject { transfer, reason } => {
+            commands::decide::run(s, out, transfer.id, Decision::Reject { reason }).await
+        }
+        Command::Cancel(t) => commands::decide::run(s, out, t.id, Decision::Cancel).await,
+        Command::Get(args) => commands::get::run(session, out, args).await,
     }
 }
 

@@ -3,16 +3,25 @@
 
 pub mod audit;
 pub mod connect;
+pub mod decide;
 pub mod disconnect;
 pub mod discovery;
 pub mod find;
+pub mod follow;
+pub mod get;
 pub mod history;
 pub mod marks;
 pub mod metrics;
 pub mod peer;
 pub mod peers;
+pub mod progress;
+pub mod reconnect;
+pub mod send;
 pub mod status;
 pub mod topology;
+pub mod transfer;
+pub mod transfers;
+pub mod upload;
 pub mod watch;
 
 /// Value parser for arguments that name a peer: catches the shortened ids the tables print

@@ -1,0 +1,175 @@
+//! Following one transfer until it reaches a final state: long polls on the daemon's event
+//! stream, `TransferProgress` moves the bar, `TransferUpdated` changes the state. Whenever the
+//! stream cannot be trusted to be complete (a reconnect, a `resync`, another daemon instance, a
+//! quiet poll) the transfer itself is read again, so the display is right after a daemon restart.
+
+use std::time::Duration;
+
+use firma_ipc::event::{Event, EventBatch};
+use firma_ipc::service::{MAX_EVENTS_BATCH, MAX_EVENTS_WAIT_MS};
+use firma_ipc::transfer::{TransferInfo, TransferState};
+use firma_ipc::{ErrorCode, IpcError};
+
+use crate::commands::progress::Progress;
+use crate::commands::reconnect::Reconnecting;
+use crate::commands::transfer;
+use crate::exit::CliError;
+use crate::format;
+use crate::output::Output;
+
+/// How long one poll waits when nothing happens; short, so that a quiet transfer is re-read
+/// (and its state shown) every few seconds even if an event was lost.
+const POLL_WAIT_MS: u32 = 3_000;
+const _: () = assert!(
+    POLL_WAIT_MS <= MAX_EVENTS_WAIT_MS,
+    "the daemon would cut the poll short"
+);
+/// Waits after a daemon that is up but answers `unavailable` (e.g. while it shuts down).
+const UNAVAILABLE_RETRY: Duration = Duration::from_millis(500);
+/// Most consecutive `unavailable` answers before giving up (about a minute).
+const MAX_UNAVAILABLE: u32 = 120;
+
+/// Where following is in the daemon's event numbering.
+struct Cursor {
+    after: u64,
+    instance: Option<u64>,
+    generation: u32,
+}
+
+/// Follow transfer `id` from event `after` until it is final; returns its last state.
+pub async fn follow(
+    rc: &mut Reconnecting,
+    out: Output,
+    id: &str,
+    after: u64,
+    progress: &Progress,
+) -> Result<TransferInfo, CliError> {
+    let mut info = fetch(rc, id).await?;
+    let mut shown_state = None;
+    show(out, progress, &info, &mut shown_state);
+    let mut cursor = Cursor {
+        after,
+        instance: None,
+        generation: rc.generation(),
+    };
+    let deadline = Duration::from_millis(u64::from(POLL_WAIT_MS)) + rc.session().timeout();
+    let mut unavailable = 0;
+    while !info.state.is_final() {
+        let from = cursor.after;
+        let polled = rc
+            .call_within(deadline, |c, ctx| async move {
+                c.events(ctx, from, MAX_EVENTS_BATCH, POLL_WAIT_MS).await
+            })
+            .await;
+        let batch = match polled {
+            Ok(batch) => {
+                unavailable = 0;
+                batch
+            }
+            Err(CliError::Daemon(e)) if e.code == ErrorCode::Unavailable && unavailable < MAX_UNAVAILABLE => {
+                unavailable += 1;
+                tokio::time::sleep(UNAVAILABLE_RETRY).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if apply(&mut cursor, &batch, rc.generation(), id, &mut info) {
+            info = fetch(rc, id).await?;
+        }
+        show(out, progress, &info, &mut shown_state);
+    }
+    Ok(info)
+}
+
+/// Apply one batch to `info`; true when the transfer must be read again from the daemon.
+fn apply(cursor: &mut Cursor, batch: &EventBatch, generation: u32, id: &str, info: &mut TransferInfo) -> bool {
+    let restarted = cursor.instance.is_some_and(|known| known != batch.instance) || cursor.generation != generation;
+    cursor.instance = Some(batch.instance);
+    cursor.generation = generation;
+    if restarted || batch.resync {
+        // Events from before the gap are unknown: continue from the newest and re-read the transfer.
+        cursor.after = batch.head;
+        return true;
+    }
+    if let Some(last) = batch.events.last() {
+        cursor.after = last.seq;
+    }
+    let mut reread = batch.events.is_empty();
+    for envelope in &batch.events {
+        match &envelope.event {
+            Event::TransferProgress {
+                id: of,
+                bytes_done,
+                bytes_total,
+                ..
+            } if of == id => {
+                info.bytes_done = *bytes_done;
+                info.bytes_total = *bytes_total;
+            }
+            Event::TransferUpdated { id: of, state, .. } if of == id => {
+                info.state = *state;
+                // A final state comes with details (error, receipt) that only the transfer has.
+                reread |= state.is_final();
+            }
+            _ => {}
+        }
+    }
+    reread
+}
+
+async fn fetch(rc: &mut Reconnecting, id: &str) -> Result<TransferInfo, CliError> {
+    let id = id.to_owned();
+    rc.call(|c, ctx| {
+        let id = id.clone();
+        async move { c.transfer(ctx, id).await }
+    })
+    .await
+}
+
+/// Move the bar, and say so when the state changed.
+fn show(out: Output, progress: &Progress, info: &TransferInfo, shown: &mut Option<TransferState>) {
+    progress.set(info.bytes_done, info.bytes_total);
+    if *shown == Some(info.state) {
+        return;
+    }
+    *shown = Some(info.state);
+    let state = format::transfer_state(info.state);
+    progress.message(state);
+    if !out.is_json() {
+        progress.notice(out, &format!("transfer {}: {}", info.id, describe_state(info)));
+    }
+}
+
+/// The state as a phrase for a person, e.g. "pending (the recipient is offline or not reached yet)".
+pub fn describe_state(info: &TransferInfo) -> String {
+    let state = format::transfer_state(info.state);
+    let why = match info.state {
+        TransferState::Pending => Some("waiting in the outbox until the recipient is reachable".to_owned()),
+        TransferState::Sent => Some("all bytes sent, waiting for the recipient's receipt".to_owned()),
+        TransferState::Delivered => Some(match &info.receipt {
+            Some(r) if r.verified => "receipt signed by the recipient and verified".to_owned(),
+            Some(_) => "receipt received but its signature did NOT verify".to_owned(),
+            None => "delivered".to_owned(),
+        }),
+        TransferState::Failed | TransferState::Rejected | TransferState::Cancelled => info.error.clone(),
+        _ => None,
+    };
+    match why {
+        Some(why) => format!("{state} ({})", transfer::display_text(&why, 200)),
+        None => state.to_owned(),
+    }
+}
+
+/// A transfer that ended badly, as the command's failure.
+pub fn failure(info: &TransferInfo) -> Option<CliError> {
+    let code = match info.state {
+        TransferState::Failed => ErrorCode::Unavailable,
+        TransferState::Rejected => ErrorCode::Denied,
+        TransferState::Cancelled => ErrorCode::Unavailable,
+        _ => return None,
+    };
+    Some(CliError::Daemon(IpcError::new(
+        code,
+        format!("transfer {} {}", info.id, describe_state(info)),
+    )))
+}
