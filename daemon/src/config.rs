@@ -29,6 +29,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub control: ControlConfig,
     pub events: EventsConfig,
+    pub transfer: TransferConfig,
 }
 
 impl Default for Config {
@@ -44,6 +45,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             control: ControlConfig::default(),
             events: EventsConfig::default(),
+            transfer: TransferConfig::default(),
         }
     }
 }
@@ -235,6 +237,52 @@ impl Default for EventsConfig {
     }
 }
 
+/// What happens to a transfer from a peer that is neither pinned nor known from an earlier
+/// transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InboxPolicy {
+    Accept,
+    /// Kept `pending` until an operator accepts or rejects it; the sender waits or retries.
+    Ask,
+    Reject,
+}
+
+/// Document transfers (transfer/): inbox policy, size limits and the knobs of the data path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransferConfig {
+    /// Transfers from unknown peers: `accept`, `ask` or `reject`.
+    pub unknown_peers: InboxPolicy,
+    /// Largest transfer (all documents together), sent or received.
+    pub max_transfer_bytes: u64,
+    /// Largest single document.
+    pub max_document_bytes: u64,
+    /// Largest legacy v1 message (JSON with base64 documents): v1 has to be held in memory whole.
+    pub v1_max_bytes: u64,
+    /// Transfers moving at once in each direction; the rest wait their turn.
+    pub concurrency: u32,
+    /// Bytes per chunk of new transfers (16 KiB to 1 MiB); each is verified on arrival, and a
+    /// resume loses at most the chunks in flight.
+    pub chunk_size: u32,
+    /// Streams one transfer spreads its chunks over; more streams, more throughput on fast links.
+    pub parallel_streams: u32,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            unknown_peers: InboxPolicy::Ask,
+            max_transfer_bytes: 16 << 30,
+            max_document_bytes: 8 << 30,
+            v1_max_bytes: 64 << 20,
+            concurrency: 4,
+            chunk_size: 1 << 20,
+            parallel_streams: 4,
+        }
+    }
+}
+
 /// A configuration value that is wrong: names the key, says what is wrong and what would be right.
 #[derive(Debug, thiserror::Error)]
 #[error("config key `{key}`: {problem}")]
@@ -341,6 +389,31 @@ impl Config {
         if self.control.max_connections == 0 || self.control.max_in_flight == 0 {
             return Err(bad("control.max_connections", "control limits must be at least 1"));
         }
+        let t = &self.transfer;
+        if t.max_document_bytes == 0 {
+            return Err(bad("transfer.max_document_bytes", "must be at least 1"));
+        }
+        if t.max_transfer_bytes < t.max_document_bytes {
+            return Err(bad(
+                "transfer.max_transfer_bytes",
+                "must be at least transfer.max_document_bytes",
+            ));
+        }
+        if !(1 << 10..=1 << 30).contains(&t.v1_max_bytes) {
+            return Err(bad("transfer.v1_max_bytes", "use 1 KiB to 1 GiB (1024 to 1073741824)"));
+        }
+        if !(1..=64).contains(&t.concurrency) {
+            return Err(bad("transfer.concurrency", "use 1 to 64"));
+        }
+        if !(16 << 10..=1 << 20).contains(&t.chunk_size) {
+            return Err(bad(
+                "transfer.chunk_size",
+                "use 16384 to 1048576 bytes (16 KiB to 1 MiB)",
+            ));
+        }
+        if !(1..=16).contains(&t.parallel_streams) {
+            return Err(bad("transfer.parallel_streams", "use 1 to 16"));
+        }
         if self.socket.as_os_str().is_empty() {
             return Err(bad(
                 "socket",
@@ -366,6 +439,16 @@ mod tests {
         c.network.retry.jitter = 3.0;
         let e = c.validate().unwrap_err();
         assert_eq!(e.key, "network.retry.jitter");
+    }
+
+    #[test]
+    fn transfer_chunk_size_over_one_mib_names_its_key() {
+        let mut c = Config::default();
+        c.transfer.chunk_size = 2 << 20;
+        assert_eq!(c.validate().unwrap_err().key, "transfer.chunk_size");
+        c.transfer.chunk_size = 1 << 20;
+        c.transfer.parallel_streams = 0;
+        assert_eq!(c.validate().unwrap_err().key, "transfer.parallel_streams");
     }
 
     #[test]

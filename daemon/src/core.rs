@@ -3,8 +3,8 @@
 //! log, the live view of connections kept by the tracker, and the metrics.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use firma_ipc::IpcError;
@@ -65,9 +65,23 @@ pub struct Core {
     /// Lock order: taken alone and never across an await.
     pub live: Mutex<LiveState>,
     pub counters: Counters,
+    /// The transfer engine, set once it has started and taken away at shutdown (it holds the
+    /// core too, so keeping it here past shutdown would keep both alive).
+    pub transfers: Mutex<Option<Arc<crate::transfer::Engine>>>,
 }
 
 impl Core {
+    /// The transfer engine, or `Unavailable` while it is starting or stopping.
+    pub fn transfers(&self) -> Result<Arc<crate::transfer::Engine>, IpcError> {
+        self.transfers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                IpcError::unavailable("the transfer engine is not running (the daemon is starting or stopping)")
+            })
+    }
+
     pub fn live(&self) -> std::sync::MutexGuard<'_, LiveState> {
         self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -6,6 +6,7 @@
 //! - tracker (tracker.rs): turns `NetEvent`s into store writes, numbered events and the live view.
 //! - store writer (store/): the only LMDB write path, batching ops into one commit.
 //! - control (control/): the Unix socket and the tarpc server; reads the core, drives the network.
+//! - transfers (transfer/): the document-transfer engine; its own streams, the outbox, the blobs.
 //!
 //! Start order matters: everything that needs root (socket, listeners, store files) is set up
 //! before privileges are dropped; shutdown runs the other way and is bounded in time.
@@ -22,6 +23,7 @@ pub mod privileges;
 pub mod signals;
 pub mod store;
 pub mod tracker;
+pub mod transfer;
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -81,6 +83,8 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
     let drop_to = privileges::plan(&config.user, config.allow_root)?;
     ensure_state_dir(&config)?;
     let keypair = identity::load_or_create(&config.state_dir)?;
+    // The transfer engine signs manifests and receipts with the same identity.
+    let transfer_key = keypair.clone();
     let peer_id = keypair.public().to_peer_id().to_string();
 
     let store_dir = config.state_dir.join("store");
@@ -141,12 +145,28 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
             ..LiveState::default()
         }),
         counters: Counters::default(),
+        transfers: Mutex::new(None),
     });
     let tracker = tokio::spawn(tracker::run(
         core.clone(),
         net.events,
         config.network.ping_interval.max(config.network.rtt_event_interval),
     ));
+
+    let transfer_token = ctl.shutdown.child_token();
+    let transfers = transfer::start(
+        transfer::EngineParts {
+            core: core.clone(),
+            keypair: transfer_key,
+            config: config.transfer.clone(),
+            retry: config.network.retry.clone(),
+            state_dir: config.state_dir.clone(),
+            streams: net.streams.0.clone(),
+        },
+        transfer_token,
+    )
+    .await?;
+    *core.transfers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(transfers.engine.clone());
 
     let policy = control::auth::AccessPolicy {
         daemon_uid,
@@ -190,6 +210,8 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
     }
     control_token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), control).await;
+    core.transfers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    transfers.stop().await;
     net_token.cancel();
     let connected = match tokio::time::timeout(Duration::from_secs(3), net.task).await {
         Ok(Ok(list)) => list,
@@ -263,6 +285,7 @@ async fn apply_reload(core: &Core, current: &mut Config, new: Config, set_log_le
         ("user", new.user != current.user),
         ("store", new.store != current.store),
         ("control", new.control != current.control),
+        ("transfer", new.transfer != current.transfer),
     ] {
         if changed {
             tracing::warn!(key = what, "this setting changes only at the next start");

@@ -388,52 +388,56 @@ impl Control for ControlService {
         Ok(self.core.events.poll(after, max, wait).await)
     }
 
-    // Transfers land with the transfer engine (issue 3); until then every call says so plainly.
-    async fn upload_begin(self, _: Context, _start: UploadStart) -> Result<String, IpcError> {
-        Err(no_transfers())
+    // Transfers: thin delegations into the engine (transfer/), which checks its own input.
+    async fn upload_begin(self, _: Context, start: UploadStart) -> Result<String, IpcError> {
+        self.core.transfers()?.upload_begin(start).await
     }
     async fn upload_chunk(
         self,
         _: Context,
-        _id: String,
-        _offset: u64,
-        _data: serde_bytes::ByteBuf,
+        upload_id: String,
+        offset: u64,
+        data: serde_bytes::ByteBuf,
     ) -> Result<u64, IpcError> {
-        Err(no_transfers())
+        self.core
+            .transfers()?
+            .upload_chunk(upload_id, offset, data.into_vec())
+            .await
     }
-    async fn upload_finish(self, _: Context, _id: String) -> Result<StagedDocument, IpcError> {
-        Err(no_transfers())
+    async fn upload_finish(self, _: Context, upload_id: String) -> Result<StagedDocument, IpcError> {
+        self.core.transfers()?.upload_finish(upload_id).await
     }
-    async fn send_transfer(self, _: Context, _t: NewTransfer) -> Result<TransferInfo, IpcError> {
-        Err(no_transfers())
+    async fn send_transfer(self, _: Context, transfer: NewTransfer) -> Result<TransferInfo, IpcError> {
+        self.core.transfers()?.send_transfer(transfer).await
     }
-    async fn transfers(self, _: Context, _f: TransferFilter) -> Result<Vec<TransferInfo>, IpcError> {
-        Ok(Vec::new())
+    async fn transfers(self, _: Context, filter: TransferFilter) -> Result<Vec<TransferInfo>, IpcError> {
+        self.core.transfers()?.transfers(filter).await
     }
     async fn transfer(self, _: Context, id: String) -> Result<TransferInfo, IpcError> {
-        Err(IpcError::not_found(format!("no transfer {id}")))
+        self.core.transfers()?.transfer(id).await
     }
-    async fn cancel_transfer(self, _: Context, _id: String) -> Result<TransferInfo, IpcError> {
-        Err(no_transfers())
+    async fn cancel_transfer(self, _: Context, id: String) -> Result<TransferInfo, IpcError> {
+        self.core.transfers()?.cancel_transfer(id).await
     }
-    async fn accept_transfer(self, _: Context, _id: String) -> Result<TransferInfo, IpcError> {
-        Err(no_transfers())
+    async fn accept_transfer(self, _: Context, id: String) -> Result<TransferInfo, IpcError> {
+        self.core.transfers()?.accept_transfer(id).await
     }
-    async fn reject_transfer(self, _: Context, _id: String, _reason: String) -> Result<TransferInfo, IpcError> {
-        Err(no_transfers())
+    async fn reject_transfer(self, _: Context, id: String, reason: String) -> Result<TransferInfo, IpcError> {
+        self.core.transfers()?.reject_transfer(id, reason).await
     }
     async fn download(
         self,
         _: Context,
-        _t: String,
-        _d: String,
-        _o: u64,
-        _m: u32,
+        transfer_id: String,
+        document_id: String,
+        offset: u64,
+        max_len: u32,
     ) -> Result<serde_bytes::ByteBuf, IpcError> {
-        Err(no_transfers())
+        let bytes = self
+            .core
+            .transfers()?
+            .download(transfer_id, document_id, offset, max_len)
+            .await?;
+        Ok(serde_bytes::ByteBuf::from(bytes))
     }
-}
-
-fn no_transfers() -> IpcError {
-    IpcError::unavailable("document transfers are not available in this build of firma-transportd")
 }

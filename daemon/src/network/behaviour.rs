@@ -38,6 +38,9 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     /// Off when `network.dht` is false; changing that needs a restart.
     pub(crate) kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+    /// Raw streams for the transfer engine (transfer/): it opens and accepts them through the
+    /// `Control` handed out by `spawn`, so the swarm task never carries document bytes itself.
+    pub(crate) stream: libp2p_stream::Behaviour,
 }
 
 /// Builds the swarm: TCP (nodelay) and QUIC, Noise, Yamux, and the behaviours above.
@@ -64,6 +67,7 @@ pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetworkConfig) -> anyhow::Resu
                 ping: ping::Behaviour::new(ping::Config::new().with_interval(cfg.ping_interval)),
                 mdns: if cfg.mdns { Some(new_mdns(local)?) } else { None }.into(),
                 kad: if cfg.dht { Some(new_kad(local)) } else { None }.into(),
+                stream: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| anyhow::anyhow!("setting up the libp2p behaviours: {e}"))?

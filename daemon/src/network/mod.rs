@@ -117,6 +117,18 @@ pub struct Network {
     /// Every address bound before `spawn` returned, each ending in `/p2p/<local id>`. Each was
     /// also sent as a `ListenAddrAdded` event, first in `events`.
     pub listen_addrs: Vec<String>,
+    /// Opens and accepts raw protocol streams (the transfer engine's); cloneable.
+    pub streams: StreamControl,
+}
+
+/// libp2p-stream's handle, wrapped only because it does not implement `Debug`.
+#[derive(Clone)]
+pub struct StreamControl(pub libp2p_stream::Control);
+
+impl std::fmt::Debug for StreamControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamControl")
+    }
 }
 
 /// Builds the swarm, binds every configured listener (so privileged ports are held before the
@@ -134,6 +146,7 @@ pub async fn spawn(
 ) -> anyhow::Result<Network> {
     let local_peer_id = keypair.public().to_peer_id();
     let swarm = behaviour::build_swarm(keypair, cfg)?;
+    let streams = StreamControl(swarm.behaviour().stream.new_control());
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
     let mut event_loop = event_loop::EventLoop::new(swarm, command_rx, event_tx, cfg.clone(), shutdown);
@@ -147,5 +160,6 @@ pub async fn spawn(
         events: event_rx,
         task,
         listen_addrs,
+        streams,
     })
 }

@@ -232,10 +232,14 @@ impl EventLoop {
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 for (peer, addrs) in group_by_peer(list) {
                     self.on_discovered(peer, addrs, AddrSource::Mdns).await;
+                    // Like upstream Firma-Sign: a peer found on the local network is connected at once.
+                    self.dial_discovered(peer);
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
             BehaviourEvent::Kad(event) => self.on_kad_event(event).await,
+            // libp2p-stream reports nothing: its streams go straight to the transfer engine.
+            BehaviourEvent::Stream(()) => {}
             BehaviourEvent::Banned(never) | BehaviourEvent::Limits(never) | BehaviourEvent::Memory(never) => {
                 match never {}
             }

@@ -21,6 +21,7 @@ mod ops;
 mod records;
 mod schema;
 mod tables;
+mod transfers;
 mod writer;
 
 #[cfg(test)]
@@ -44,6 +45,7 @@ pub use ops::{
 };
 pub use records::{AddrRecord, AddrSource, Direction, PeerRecord, Trust};
 pub use schema::SCHEMA_VERSION;
+pub use transfers::{MAX_TRANSFER_ID, ReceiptRecord, TransferDir, TransferPhase, TransferRecord};
 pub use writer::{MAX_BATCH, StoreWriter};
 
 use error::Fail;

@@ -137,6 +137,10 @@ pub(super) fn validate_all(txn: &RoTxn, t: &Tables) -> Result<(), Fail> {
         let (key, _) = item?;
         tables::key_str(tables::CONFIG_CACHE, key)?;
     }
+    for item in t.transfers.iter(txn)? {
+        let (key, value) = item?;
+        super::transfers::decode_transfer(key, value)?;
+    }
     Ok(())
 }
 

@@ -21,9 +21,11 @@ pub(super) const HISTORY: &str = "history";
 pub(super) const HISTORY_OPEN: &str = "history_open";
 pub(super) const AUDIT: &str = "audit";
 pub(super) const CONFIG_CACHE: &str = "config_cache";
+/// Document transfers (transfers.rs); key: the transfer id.
+pub(super) const TRANSFERS: &str = "transfers";
 
 /// Named databases of the env; `max_dbs` is set from this.
-pub(super) const TABLE_COUNT: u32 = 6;
+pub(super) const TABLE_COUNT: u32 = 7;
 
 /// Keys of the `meta` table.
 pub(super) const META_SCHEMA_VERSION: &str = "schema_version";
@@ -39,6 +41,7 @@ pub(super) struct Tables {
     pub history_open: Db,
     pub audit: Db,
     pub config_cache: Db,
+    pub transfers: Db,
 }
 
 impl Tables {
@@ -53,17 +56,19 @@ impl Tables {
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(HISTORY_OPEN))?,
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(AUDIT))?,
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(CONFIG_CACHE))?,
+                opener.create_database::<Bytes, Bytes>(wtxn, Some(TRANSFERS))?,
             );
             Ok::<_, heed::Error>(CommitOrAbort::<_, Infallible>::Commit(t))
         })?;
         match committed {
-            CommitOrAbort::Commit((meta, peers, history, history_open, audit, config_cache)) => Ok(Tables {
+            CommitOrAbort::Commit((meta, peers, history, history_open, audit, config_cache, transfers)) => Ok(Tables {
                 meta,
                 peers,
                 history,
                 history_open,
                 audit,
                 config_cache,
+                transfers,
             }),
             CommitOrAbort::Abort(never) => match never {},
         }
@@ -78,6 +83,7 @@ impl Tables {
             (HISTORY_OPEN, self.history_open),
             (AUDIT, self.audit),
             (CONFIG_CACHE, self.config_cache),
+            (TRANSFERS, self.transfers),
         ]
     }
 

@@ -1,0 +1,323 @@
+//! The blob store under `<state_dir>/blobs/`: where document bytes live, and the blocking file
+//! work on them (hashing, chunk scans, positioned reads and writes). Callers run all of it on
+//! the blocking pool.
+//!
+//! Layout (every name derived here, none taken from a peer or a client):
+//! - `uploads/<upload id>.part` + `.json`: bytes streaming in over the control socket.
+//! - `staged/<upload id>` + `.json`: uploaded, hashed, ready to be named in a transfer.
+//! - `outgoing/<transfer id>/<index>`: a hard link to the staged file (a copy where links fail).
+//! - `incoming/<transfer id>/<index>-<sanitised stem>` and `.part` while arriving.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::manifest::{ManifestDoc, chunk_count, chunk_range};
+
+/// Longest stem kept in an on-disk name.
+const MAX_STEM: usize = 64;
+/// Read size when hashing a whole file: big enough to keep the hasher busy, small enough to be
+/// nothing next to the memory bound.
+const HASH_BUF: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    root: PathBuf,
+}
+
+/// What an upload or staged document is, kept next to its bytes so it survives restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobMeta {
+    pub file_name: String,
+    pub size: u64,
+    pub mime_type: String,
+    pub created_ms: u64,
+    /// Set once staged: whole hash and chunk hashes (hex, concatenated) at `chunk_size`.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub chunk_size: u32,
+    #[serde(default)]
+    pub chunk_sha256_hex: String,
+}
+
+fn io_err(path: &Path, action: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{action} {}: {e}", path.display()))
+}
+
+fn mkdir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| io_err(path, "creating directory", e))
+}
+
+impl Blobs {
+    pub fn new(state_dir: &Path) -> Blobs {
+        Blobs {
+            root: state_dir.join("blobs"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the directories (0700).
+    pub fn prepare(&self) -> io::Result<()> {
+        for sub in ["uploads", "staged", "outgoing", "incoming"] {
+            mkdir(&self.root.join(sub))?;
+        }
+        Ok(())
+    }
+
+    pub fn upload_part(&self, id: &str) -> PathBuf {
+        self.root.join("uploads").join(format!("{id}.part"))
+    }
+    pub fn upload_meta(&self, id: &str) -> PathBuf {
+        self.root.join("uploads").join(format!("{id}.json"))
+    }
+    pub fn staged(&self, id: &str) -> PathBuf {
+        self.root.join("staged").join(id)
+    }
+    pub fn staged_meta(&self, id: &str) -> PathBuf {
+        self.root.join("staged").join(format!("{id}.json"))
+    }
+    pub fn outgoing_dir(&self, transfer: &str) -> PathBuf {
+        self.root.join("outgoing").join(transfer)
+    }
+    pub fn outgoing_doc(&self, transfer: &str, index: usize) -> PathBuf {
+        self.outgoing_dir(transfer).join(index.to_string())
+    }
+    pub fn incoming_dir(&self, transfer: &str) -> PathBuf {
+        self.root.join("incoming").join(transfer)
+    }
+    /// Where incoming document `index` lives; `.part` while it is arriving.
+    pub fn incoming_doc(&self, transfer: &str, index: usize, original: &str, part: bool) -> PathBuf {
+        let mut name = safe_name(index, original);
+        if part {
+            name.push_str(".part");
+        }
+        self.incoming_dir(transfer).join(name)
+    }
+
+    /// Uploads currently open (bounded by the caller).
+    pub fn open_uploads(&self) -> usize {
+        fs::read_dir(self.root.join("uploads"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn mkdir(&self, path: &Path) -> io::Result<()> {
+        mkdir(path)
+    }
+}
+
+pub fn read_meta(path: &Path) -> io::Result<BlobMeta> {
+    let bytes = fs::read(path).map_err(|e| io_err(path, "reading", e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))
+}
+
+/// Writes `meta` atomically (temp file + rename), so a crash leaves the old or the new one.
+pub fn write_meta(path: &Path, meta: &BlobMeta) -> io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(meta).map_err(io::Error::other)?;
+    fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, "writing", e))?;
+    fs::rename(&tmp, path).map_err(|e| io_err(path, "renaming into", e))
+}
+
+/// The on-disk name of document `index`: its position plus a sanitised stem of the original name.
+/// Only `[A-Za-z0-9._-]` survive, no leading dot, at most 64 bytes; so no separator, no NUL, no
+/// `..` path and no markup can reach the file system, whatever the peer wrote.
+pub fn safe_name(index: usize, original: &str) -> String {
+    let mut stem: String = original
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_STEM)
+        .collect();
+    while stem.starts_with('.') {
+        stem.remove(0);
+    }
+    if stem.is_empty() {
+        stem.push_str("document");
+    }
+    format!("{index:02}-{stem}")
+}
+
+/// Opens for positioned writes, creating it 0600 at `size` bytes (sparse) if missing.
+pub fn open_part(path: &Path, size: u64) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io_err(path, "opening", e))?;
+    if f.metadata()?.len() != size {
+        f.set_len(size).map_err(|e| io_err(path, "sizing", e))?;
+    }
+    Ok(f)
+}
+
+/// Whole-file SHA-256 (hex) and, when `chunk_size > 0`, every chunk's SHA-256 concatenated.
+/// Reads `chunk_size` at a time (or 1 MiB), so memory stays flat whatever the size.
+pub fn hash_file(path: &Path, chunk_size: u32) -> io::Result<(String, Vec<u8>, u64)> {
+    let mut f = File::open(path).map_err(|e| io_err(path, "opening", e))?;
+    let step = if chunk_size > 0 { chunk_size as usize } else { HASH_BUF };
+    let mut buf = vec![0u8; step];
+    let mut whole = Sha256::new();
+    let mut chunks = Vec::new();
+    let mut total = 0u64;
+    loop {
+        let n = read_full(&mut f, &mut buf).map_err(|e| io_err(path, "reading", e))?;
+        if n == 0 {
+            break;
+        }
+        whole.update(&buf[..n]);
+        if chunk_size > 0 {
+            chunks.extend_from_slice(&Sha256::digest(&buf[..n]));
+        }
+        total += n as u64;
+        if n < step {
+            break;
+        }
+    }
+    Ok((hex::encode(whole.finalize()), chunks, total))
+}
+
+/// Fills `buf` unless the file ends first; returns the bytes read.
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Which chunks of `doc` the partial file at `path` already holds, verified against the manifest's
+/// chunk hashes. A missing file holds nothing. This is what makes resume safe after a crash: a
+/// chunk counts only if its bytes are really there and right.
+pub fn scan_part(path: &Path, doc: &ManifestDoc, chunk_size: u32) -> io::Result<Vec<bool>> {
+    let n = chunk_count(doc.size, chunk_size) as usize;
+    let mut held = vec![false; n];
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(held),
+        Err(e) => return Err(io_err(path, "opening", e)),
+    };
+    if f.metadata()?.len() != doc.size {
+        return Ok(held);
+    }
+    let mut buf = vec![0u8; chunk_size as usize];
+    for (i, slot) in held.iter_mut().enumerate() {
+        let (start, len) = chunk_range(doc.size, chunk_size, i as u64);
+        f.read_exact_at(&mut buf[..len], start)
+            .map_err(|e| io_err(path, "reading", e))?;
+        *slot = super::manifest::chunk_matches(doc, i as u64, &buf[..len]);
+    }
+    Ok(held)
+}
+
+/// Reads `len` bytes at `offset` into `buf` (resized), for sending a chunk or a download.
+pub fn read_at(f: &File, buf: &mut Vec<u8>, offset: u64, len: usize) -> io::Result<()> {
+    buf.clear();
+    buf.resize(len, 0);
+    f.read_exact_at(buf, offset)
+}
+
+/// Hard-links `from` to `to`, copying where the file system refuses links.
+pub fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(_) => fs::copy(from, to)
+            .map(|_| ())
+            .map_err(|e| io_err(to, "copying into", e)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::transfer::manifest::sha256_hex;
+
+    #[test]
+    fn hostile_names_stay_inside_the_folder() {
+        let long = "a".repeat(4096);
+        for (name, want_prefix) in [
+            ("../../x", "00-_.._x"),
+            ("a\0b", "00-a_b"),
+            ("<img onerror=alert(1)>", "00-_img_onerror_alert_1__"),
+            ("", "00-document"),
+            ("...", "00-document"),
+            ("контракт.pdf", "00-________.pdf"),
+            (long.as_str(), "00-aaaa"),
+        ] {
+            let s = safe_name(0, name);
+            assert!(s.starts_with(want_prefix), "{name:?} -> {s}");
+            assert!(s.len() <= MAX_STEM + 3);
+            assert!(!s.contains('/') && !s.contains('\0') && !s.contains('<'));
+            let p = Path::new("/base").join(&s);
+            assert_eq!(p.parent(), Some(Path::new("/base")));
+        }
+    }
+
+    #[test]
+    fn resume_bitmap_comes_from_verified_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let chunk = 4096u32;
+        let src = dir.path().join("src");
+        fs::write(&src, &data).unwrap();
+        let (whole, chunks, total) = hash_file(&src, chunk).unwrap();
+        assert_eq!(whole, sha256_hex(&data));
+        assert_eq!(total, 20_000);
+        let doc = ManifestDoc {
+            id: "d".into(),
+            file_name: "f".into(),
+            size: data.len() as u64,
+            mime_type: "x".into(),
+            sha256: whole,
+            chunk_sha256: chunks,
+        };
+        let part = dir.path().join("p.part");
+        assert_eq!(scan_part(&part, &doc, chunk).unwrap(), vec![false; 5]);
+        // A partial file holding chunks 0 and 3 (the last one is short), and garbage in chunk 1.
+        let f = open_part(&part, doc.size).unwrap();
+        f.write_all_at(&data[..4096], 0).unwrap();
+        f.write_all_at(&[1u8; 4096], 4096).unwrap();
+        f.write_all_at(&data[12288..16384], 12288).unwrap();
+        assert_eq!(
+            scan_part(&part, &doc, chunk).unwrap(),
+            vec![true, false, false, true, false]
+        );
+        f.write_all_at(&data[16384..], 16384).unwrap();
+        assert_eq!(
+            scan_part(&part, &doc, chunk).unwrap(),
+            vec![true, false, false, true, true]
+        );
+    }
+}
