@@ -210,7 +210,10 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
     }
     control_token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), control).await;
-    core.transfers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    core.transfers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
     transfers.stop().await;
     net_token.cancel();
     let connected = match tokio::time::timeout(Duration::from_secs(3), net.task).await {

@@ -274,7 +274,7 @@ impl Engine {
             TransferFilter::Incoming => r.direction == TransferDir::Incoming,
             TransferFilter::Active => !is_final(r.phase),
         });
-        recs.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        recs.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
         Ok(recs.iter().map(|r| self.info(r)).collect())
     }
 

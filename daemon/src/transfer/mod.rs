@@ -21,10 +21,10 @@ mod manifest;
 mod outbox;
 mod receive;
 mod send;
-mod wire;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 mod tests;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,9 +33,7 @@ use std::time::{Duration, Instant};
 
 use firma_ipc::IpcError;
 use firma_ipc::event::Event;
-use firma_ipc::transfer::{
-    DocumentInfo, ReceiptInfo, RecipientInfo, TransferDirection, TransferInfo, TransferState,
-};
+use firma_ipc::transfer::{DocumentInfo, ReceiptInfo, RecipientInfo, TransferDirection, TransferInfo, TransferState};
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use tokio::sync::{Semaphore, watch};
@@ -331,7 +329,11 @@ impl Engine {
     }
 
     pub(crate) fn live_of(&self, id: &str) -> Option<Arc<Live>> {
-        self.live.lock().unwrap_or_else(PoisonError::into_inner).get(id).cloned()
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
     }
 
     pub(crate) fn live_for(&self, id: &str, sizes: &[u64]) -> Arc<Live> {
@@ -366,14 +368,21 @@ impl Engine {
                     .enumerate()
                     .map(|(i, d)| {
                         let complete = rec.docs_complete.get(i).copied().unwrap_or(false);
-                        let moving = live.as_ref().and_then(|l| l.docs.get(i)).map(|a| a.load(Ordering::Relaxed));
+                        let moving = live
+                            .as_ref()
+                            .and_then(|l| l.docs.get(i))
+                            .map(|a| a.load(Ordering::Relaxed));
                         DocumentInfo {
                             id: d.id.clone(),
                             file_name: d.file_name.clone(),
                             size: d.size,
                             mime_type: d.mime_type.clone(),
                             sha256: d.sha256.clone(),
-                            bytes_done: if complete { d.size } else { moving.unwrap_or(0).min(d.size) },
+                            bytes_done: if complete {
+                                d.size
+                            } else {
+                                moving.unwrap_or(0).min(d.size)
+                            },
                             complete,
                         }
                     })

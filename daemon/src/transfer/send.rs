@@ -182,10 +182,10 @@ async fn deliver(engine: &Arc<Engine>, rec: &TransferRecord, m: &Manifest, peer:
     {
         return Outcome::Retry("could not record the transfer's progress".into());
     }
-    if !missing.is_empty() {
-        if let Err(o) = send_chunks(engine, rec, m, peer, missing).await {
-            return o;
-        }
+    if !missing.is_empty()
+        && let Err(o) = send_chunks(engine, rec, m, peer, missing).await
+    {
+        return o;
     }
     if let Err(e) = wire::send_empty(&mut ctl, Kind::Done).await {
         return frame_outcome("sending done", e);
