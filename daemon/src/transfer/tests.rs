@@ -27,6 +27,16 @@ struct Daemon {
 
 impl Daemon {
     async fn start(dir: &Path, name: &str, policy: InboxPolicy) -> Daemon {
+        Self::start_with(dir, name, |c| {
+            c.transfer.unknown_peers = policy;
+            // Small chunks so that a few MiB are many chunks spread over several streams.
+            c.transfer.chunk_size = 64 * 1024;
+            c.transfer.parallel_streams = 3;
+        })
+        .await
+    }
+
+    async fn start_with(dir: &Path, name: &str, adjust: impl FnOnce(&mut Config)) -> Daemon {
         let mut c = Config {
             state_dir: dir.join(name).join("state"),
             socket: dir.join(name).join("ctl.sock"),
@@ -36,10 +46,7 @@ impl Daemon {
         c.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
         c.network.mdns = false;
         c.network.dht = false;
-        c.transfer.unknown_peers = policy;
-        // Small chunks so that a few MiB are many chunks spread over several streams.
-        c.transfer.chunk_size = 64 * 1024;
-        c.transfer.parallel_streams = 3;
+        adjust(&mut c);
         c.validate().unwrap();
         let stop = CancellationToken::new();
         let (_tx, reloads) = tokio::sync::mpsc::channel(1);
@@ -297,6 +304,152 @@ async fn a_rejecting_inbox_fails_the_transfer_and_keeps_nothing() {
     .await;
     assert!(failed.error.unwrap_or_default().contains("unknown peers"));
     assert!(get(&cb, &sent.id).await.is_none(), "a refused offer leaves no record");
+    drop((ca, cb));
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn send_one(ca: &Connection, to: &str, docs: Vec<String>) -> TransferInfo {
+    ca.client
+        .send_transfer(
+            ctx(CALL),
+            NewTransfer {
+                documents: docs,
+                recipients: vec![RecipientSpec {
+                    peer_id: to.to_owned(),
+                    document_ids: vec![],
+                }],
+                message: None,
+                deadline_ms: None,
+                require_all_signatures: false,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_restarted_mid_transfer_resumes_from_its_verified_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(dir.path(), "a", InboxPolicy::Accept).await;
+    let b = Daemon::start(dir.path(), "b", InboxPolicy::Accept).await;
+    let (ca, cb) = (a.client().await, b.client().await);
+    let b_status = cb.client.status(ctx(CALL)).await.unwrap().unwrap();
+    ca.client
+        .connect(ctx(CALL), b_status.listen_addrs[0].clone())
+        .await
+        .unwrap()
+        .unwrap();
+    let data = pseudo_random(48 * 1024 * 1024, 11);
+    let d = upload(&ca, "big.pdf", &data).await;
+    let sent = send_one(&ca, &b_status.peer_id, vec![d]).await;
+    let quarter = data.len() as u64 / 4;
+    wait_for("a quarter to arrive", Duration::from_secs(60), || async {
+        get(&cb, &sent.id).await.filter(|t| t.bytes_done >= quarter)
+    })
+    .await;
+    drop(cb);
+    b.stop().await;
+    // Same state directory: the partial file is all the new process knows of the bytes.
+    let b = Daemon::start(dir.path(), "b", InboxPolicy::Accept).await;
+    let cb = b.client().await;
+    let received = wait_for("B to finish after its restart", Duration::from_secs(120), || async {
+        get(&cb, &sent.id).await.filter(|t| t.state == TransferState::Received)
+    })
+    .await;
+    let delivered = wait_for("A to hold the receipt", Duration::from_secs(30), || async {
+        get(&ca, &sent.id).await.filter(|t| t.state == TransferState::Delivered)
+    })
+    .await;
+    assert!(delivered.chunks_resent <= 2, "re-sent {}", delivered.chunks_resent);
+    assert!(received.chunks_resent <= 2, "received twice {}", received.chunks_resent);
+    assert_eq!(download(&cb, &sent.id, &received.documents[0].id).await, data);
+    drop((ca, cb));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_chunk_rejects_the_transfer_and_nothing_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(dir.path(), "a", InboxPolicy::Accept).await;
+    let b = Daemon::start(dir.path(), "b", InboxPolicy::Accept).await;
+    let (ca, cb) = (a.client().await, b.client().await);
+    let b_status = cb.client.status(ctx(CALL)).await.unwrap().unwrap();
+    ca.client
+        .connect(ctx(CALL), b_status.listen_addrs[0].clone())
+        .await
+        .unwrap()
+        .unwrap();
+    let data = pseudo_random(1024 * 1024, 5);
+    let d = upload(&ca, "c.pdf", &data).await;
+    // The bytes change after they were hashed: the signed manifest no longer matches them.
+    let staged = a.state.join("blobs/staged").join(&d);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&staged).unwrap();
+        f.write_all_at(b"tampered", 300_000).unwrap();
+    }
+    let sent = send_one(&ca, &b_status.peer_id, vec![d]).await;
+    let rejected = wait_for("B to reject", Duration::from_secs(30), || async {
+        get(&cb, &sent.id).await.filter(|t| t.state == TransferState::Rejected)
+    })
+    .await;
+    assert!(rejected.documents.iter().all(|d| !d.complete));
+    assert!(rejected.error.unwrap_or_default().contains("failed verification"));
+    let failed = wait_for("A to give up", Duration::from_secs(30), || async {
+        get(&ca, &sent.id).await.filter(|t| t.state == TransferState::Failed)
+    })
+    .await;
+    assert!(failed.receipt.is_none());
+    let err = cb
+        .client
+        .download(ctx(CALL), sent.id.clone(), rejected.documents[0].id.clone(), 0, 1024)
+        .await
+        .unwrap();
+    assert!(err.is_err(), "nothing of a rejected transfer can be downloaded");
+    drop((ca, cb));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Throughput of the data path between two daemons on loopback; run it in release:
+/// `FIRMA_BENCH_MIB=1024 FIRMA_BENCH_STREAMS=4 cargo test --release -p firma-daemon -- --ignored --nocapture throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check; run in release"]
+async fn throughput() {
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let mib = env("FIRMA_BENCH_MIB", 256);
+    let streams = env("FIRMA_BENCH_STREAMS", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let adjust = |c: &mut Config| {
+        c.transfer.unknown_peers = InboxPolicy::Accept;
+        c.transfer.parallel_streams = streams as u32;
+    };
+    let a = Daemon::start_with(dir.path(), "a", adjust).await;
+    let b = Daemon::start_with(dir.path(), "b", adjust).await;
+    let (ca, cb) = (a.client().await, b.client().await);
+    let b_status = cb.client.status(ctx(CALL)).await.unwrap().unwrap();
+    ca.client
+        .connect(ctx(CALL), b_status.listen_addrs[0].clone())
+        .await
+        .unwrap()
+        .unwrap();
+    let data = pseudo_random(mib * 1024 * 1024, 1);
+    let d = upload(&ca, "bench.bin", &data).await;
+    drop(data);
+    let t0 = Instant::now();
+    let sent = send_one(&ca, &b_status.peer_id, vec![d]).await;
+    wait_for("delivery", Duration::from_secs(600), || async {
+        get(&ca, &sent.id).await.filter(|t| t.state == TransferState::Delivered)
+    })
+    .await;
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "throughput: {mib} MiB over {streams} streams in {secs:.2} s = {:.0} MiB/s",
+        mib as f64 / secs
+    );
     drop((ca, cb));
     a.stop().await;
     b.stop().await;
