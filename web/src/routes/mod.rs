@@ -8,6 +8,7 @@ pub mod compat;
 pub mod network;
 pub mod openapi;
 pub mod peers;
+pub mod transfers;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -40,6 +41,18 @@ pub fn router(state: AppState) -> Router {
             get(network::discovery).post(network::change_discovery),
         )
         .route("/api/topology", get(network::topology))
+        // Uploads stream into the daemon chunk by chunk, so only this route lifts the body cap.
+        .route(
+            "/api/transfers",
+            post(transfers::create)
+                .layer(DefaultBodyLimit::disable())
+                .merge(get(transfers::list)),
+        )
+        .route("/api/transfers/{id}", get(transfers::get))
+        .route("/api/transfers/{id}/cancel", post(transfers::cancel))
+        .route("/api/transfers/{id}/accept", post(transfers::accept))
+        .route("/api/transfers/{id}/reject", post(transfers::reject))
+        .route("/api/transfers/{id}/documents/{doc_id}", get(transfers::download))
         .route("/metrics", get(network::metrics))
         .route("/ws", get(ws::handler))
         .route("/explorer", get(explorer_ws::handler))

@@ -49,6 +49,29 @@ pub fn build() -> Value {
         {"name": "peer", "in": "query", "schema": {"type": "string"}},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
     ]);
+    let transfer_op = |summary: &str, body: Option<Value>| {
+        let mut o = op(summary, true, body, obj.clone());
+        o["parameters"] = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+        o
+    };
+    let mut transfers_list = op("Transfers, newest first", true, None, arr.clone());
+    transfers_list["parameters"] =
+        json!([{"name": "filter", "in": "query", "schema": {"enum": ["all", "outgoing", "incoming", "active"]}}]);
+    let mut transfer_create = op("Send documents to a peer (streamed upload)", true, None, obj.clone());
+    transfer_create["requestBody"] = json!({"required": true, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["peer", "size", "file"],
+        "description": "Fields in order: `peer`, optional `message`, then per document `size` (its byte count), \
+                        optional `mime`, and the `file` part itself. Bytes are streamed into the daemon, never buffered whole.",
+        "properties": {"peer": {"type": "string"}, "message": {"type": "string"}, "size": {"type": "integer"},
+                       "mime": {"type": "string"}, "file": {"type": "string", "format": "binary"}}}}}});
+    let mut download = json!({"summary": "A document's bytes (attachment, application/octet-stream, streamed)",
+        "security": [{"bearer": []}, {"session": []}],
+        "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                       {"name": "doc_id", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "The document", "content": {"application/octet-stream": {}}},
+                      "404": {"description": "No such transfer or document"},
+                      "503": {"description": "Not arrived complete and verified yet, or the daemon is unreachable"}}});
+    download["responses"]["401"] = json!({"description": "Missing or wrong credential"});
     let text = json!({"description": "Prometheus text", "content": {"text/plain": {}}});
     let ws = |summary: &str| {
         json!({"get": {"summary": summary, "security": [{"bearer": []}, {"session": []}],
@@ -90,6 +113,16 @@ pub fn build() -> Value {
                     "mdns": {"type": "boolean"}, "bootstrap_now": {"type": "boolean"}}})), obj.clone()),
             },
             "/api/topology": {"get": op("Local view of the network", true, None, obj.clone())},
+            "/api/transfers": {
+                "get": transfers_list,
+                "post": transfer_create,
+            },
+            "/api/transfers/{id}": {"get": transfer_op("One transfer", None)},
+            "/api/transfers/{id}/cancel": {"post": transfer_op("Cancel an outgoing transfer", None)},
+            "/api/transfers/{id}/accept": {"post": transfer_op("Accept an incoming transfer waiting in the inbox", None)},
+            "/api/transfers/{id}/reject": {"post": transfer_op("Reject an incoming transfer",
+                Some(json!({"type": "object", "properties": {"reason": {"type": "string"}}})))},
+            "/api/transfers/{id}/documents/{doc_id}": {"get": download},
             "/metrics": {"get": {"summary": "Prometheus metrics (daemon and web tier)",
                                  "security": [{"bearer": []}, {"session": []}], "responses": {"200": text}}},
             "/ws": ws("Event stream: snapshot, then events with seq; ?since=N resumes"),
@@ -116,6 +149,8 @@ mod tests {
             "/ws",
             "/explorer",
             "/metrics",
+            "/api/transfers",
+            "/api/transfers/{id}/documents/{doc_id}",
         ] {
             assert!(doc["paths"].get(path).is_some(), "{path} missing");
         }
