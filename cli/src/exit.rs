@@ -25,6 +25,8 @@ pub enum Exit {
     Unreachable = 3,
     /// The daemon did not answer in time, or answered that the operation timed out.
     Timeout = 4,
+    /// `doctor` found at least one problem (each is printed with its fix).
+    Problems = 5,
 }
 
 impl From<Exit> for ExitCode {
@@ -44,6 +46,7 @@ macro_rules! exit_codes_help {
   3  the daemon could not be reached: not running, permission denied,
      version mismatch, or the connection was lost
   4  timeout: no answer within --timeout, or the operation itself timed out
+  5  doctor found problems (each is printed with its fix)
 Errors go to stderr. With --json, failures 1, 3 and 4 also print
 {\"error\":{\"code\":..,\"message\":..}} on stdout."
     };
@@ -69,6 +72,8 @@ pub enum CliError {
     Timeout { path: PathBuf, timeout: Duration },
     #[error("could not write the output: {0}")]
     Output(#[from] io::Error),
+    #[error("doctor found {failures} problem(s); each is listed above with its fix")]
+    Doctor { failures: usize },
 }
 
 impl CliError {
@@ -95,6 +100,7 @@ impl CliError {
             CliError::Daemon(_) | CliError::Output(_) => Exit::DaemonError,
             CliError::Connect(_) | CliError::ConnectionLost { .. } => Exit::Unreachable,
             CliError::Timeout { .. } => Exit::Timeout,
+            CliError::Doctor { .. } => Exit::Problems,
         }
     }
 
@@ -105,6 +111,7 @@ impl CliError {
             CliError::Connect(_) | CliError::ConnectionLost { .. } => ErrorCode::Unavailable,
             CliError::Timeout { .. } => ErrorCode::Timeout,
             CliError::Output(_) => ErrorCode::Internal,
+            CliError::Doctor { .. } => ErrorCode::Unavailable,
         }
     }
 
@@ -148,7 +155,8 @@ pub fn report(err: &CliError, json: bool) -> Exit {
     }
     // Nothing is left to report a failed write of the report to: ignore it.
     let _ = writeln!(io::stderr().lock(), "error: {err}");
-    if json && !matches!(err, CliError::Output(_)) {
+    // The doctor's findings already are its JSON answer.
+    if json && !matches!(err, CliError::Output(_) | CliError::Doctor { .. }) {
         let _ = writeln!(io::stdout().lock(), "{}", json_error(err));
     }
     err.exit()

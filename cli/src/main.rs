@@ -201,6 +201,15 @@ until the peer is reachable or the deadline passes. Ctrl-C stops following; the 
         after_help = "Examples:\n  firmactl get V1StGXR8_Z5jdHi6B-myT doc-1 -o contract.pdf\n  firmactl get V1StGXR8_Z5jdHi6B-myT contract.pdf -o ~/signed/contract.pdf --force"
     )]
     Get(GetArgs),
+    /// Diagnose a setup: socket, permissions, daemon health, ports, mDNS, clock; each problem with its fix.
+    #[command(
+        long_about = "Checks, without needing the daemon to be up: the control socket (exists, is a socket, mode \
+0660 in a directory nobody else can write), whether the daemon answers and speaks this client's API version, the \
+store's health, whether the P2P and web ports are free or held by which process, whether an interface can do mDNS, \
+and whether the clock is sane. Prints each finding with the exact fix. Exits 5 when it found a problem.",
+        after_help = "Examples:\n  firmactl doctor\n  firmactl --json doctor | jq '.[] | select(.level == \"fail\")'\n  firmactl doctor --web 127.0.0.1:8081"
+    )]
+    Doctor(commands::doctor::DoctorArgs),
 }
 
 /// The transfer a command is about.
@@ -232,9 +241,14 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 
 async fn run(cli: Cli, out: Output) -> Result<(), CliError> {
     let timeout = cli.global.timeout.unwrap_or_else(|| cli.command.default_timeout());
+    // The doctor must work when the daemon does not: it opens its own connection, if it can.
+    let command = match cli.command {
+        Command::Doctor(args) => return commands::doctor::run(&cli.global.socket, timeout, out, args).await,
+        other => other,
+    };
     let session = Session::open(&cli.global.socket, timeout).await?;
     let s = &session;
-    match cli.command {
+    match command {
         Command::Status => commands::status::run(s, out).await,
         Command::Peers(args) => commands::peers::run(s, out, args).await,
         Command::Peer(p) => commands::peer::run(s, out, p.peer_id).await,
@@ -260,6 +274,7 @@ async fn run(cli: Cli, out: Output) -> Result<(), CliError> {
         }
         Command::Cancel(t) => commands::decide::run(s, out, t.id, Decision::Cancel).await,
         Command::Get(args) => commands::get::run(session, out, args).await,
+        Command::Doctor(_) => unreachable!("handled before connecting"),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod connect;
 pub mod decide;
 pub mod disconnect;
+pub mod doctor;
 pub mod discovery;
 pub mod find;
 pub mod follow;
