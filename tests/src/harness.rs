@@ -29,6 +29,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a loopback connection may take to show up on both sides.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// util-linux's setpriv, used for its `--pdeathsig`.
+const SETPRIV: &str = "/usr/bin/setpriv";
 /// Lines of the log printed when a daemon is dropped.
 const LOG_TAIL_LINES: usize = 150;
 
@@ -158,14 +160,15 @@ impl Daemon {
 
     fn command(&self) -> anyhow::Result<Command> {
         let bin = crate::bins::daemon()?;
-        let mut cmd = match self.opts.wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
+        // `setpriv --pdeathsig KILL` execs the daemon (same pid) with a parent-death signal, so
+        // that even a test process killed outright leaves no daemon behind. Drop reaps otherwise.
+        let mut argv: Vec<std::ffi::OsString> = self.opts.wrapper.iter().map(Into::into).collect();
+        if Path::new(SETPRIV).is_file() {
+            argv.extend([SETPRIV.into(), "--pdeathsig".into(), "KILL".into(), "--".into()]);
+        }
+        argv.push(bin.into_os_string());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         clear_firma_env(&mut cmd);
         cmd.arg("--state-dir")
             .arg(&self.state_dir)

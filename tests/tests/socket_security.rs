@@ -34,22 +34,36 @@ async fn probe_as_nobody(socket: &std::path::Path) -> anyhow::Result<serde_json:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn socket_modes_and_foreign_uid_refused() -> anyhow::Result<()> {
+async fn socket_and_state_file_modes() -> anyhow::Result<()> {
+    let d = Daemon::spawn(DaemonOpts::named("modes")).await?;
+    let dir = d.socket().parent().context("socket has no parent")?;
+    let key = d.state_dir().join("identity.key");
+    let want = [
+        (dir, 0o750),
+        (d.socket(), 0o660),
+        (d.state_dir(), 0o700),
+        (key.as_path(), 0o600),
+    ];
+    let mut wrong = Vec::new();
+    for (path, m) in want {
+        let got = mode(path)?;
+        if got != m {
+            wrong.push(format!("{} is {got:o}, expected {m:o}", path.display()));
+        }
+    }
+    ensure!(wrong.is_empty(), "wrong modes: {}", wrong.join("; "));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_uid_is_refused_and_audited() -> anyhow::Result<()> {
+    // The temp dir is opened up so that only the daemon's own modes and checks stand in the way.
     let d = Daemon::spawn(DaemonOpts {
         world_traversable: true,
         ..DaemonOpts::named("perm")
     })
     .await?;
     let dir = d.socket().parent().context("socket has no parent")?;
-    ensure!(mode(dir)? == 0o750, "socket dir mode {:o}", mode(dir)?);
-    ensure!(mode(d.socket())? == 0o660, "socket mode {:o}", mode(d.socket())?);
-    ensure!(
-        mode(d.state_dir())? == 0o700,
-        "state dir mode {:o}",
-        mode(d.state_dir())?
-    );
-    let key = d.state_dir().join("identity.key");
-    ensure!(mode(&key)? == 0o600, "identity.key mode {:o}", mode(&key)?);
 
     // With the daemon's modes, nobody cannot even reach the socket.
     let p = probe_as_nobody(d.socket()).await?;
