@@ -49,6 +49,8 @@ pub struct WebOpts {
     pub state_dir: Option<PathBuf>,
     /// Fast reconnects, so daemon-restart tests measure the web tier rather than a long backoff.
     pub args: Vec<String>,
+    /// Run this copy of the binary instead of the built one (reload-into-a-new-build tests).
+    pub bin: Option<PathBuf>,
 }
 
 impl WebOpts {
@@ -63,6 +65,7 @@ impl WebOpts {
                 "--reconnect-max-ms".into(),
                 "250".into(),
             ],
+            bin: None,
         }
     }
 }
@@ -86,7 +89,10 @@ impl Web {
             .tempdir()?;
         let state_dir = opts.state_dir.clone().unwrap_or_else(|| dir.path().join("state"));
         let log_path = dir.path().join("web.log");
-        let mut cmd = Command::new(web_bin()?);
+        let mut cmd = Command::new(match &opts.bin {
+            Some(b) => b.clone(),
+            None => web_bin()?,
+        });
         clear_firma_env(&mut cmd);
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
@@ -413,6 +419,8 @@ pub enum WsMsg {
     Binary(Vec<u8>),
     /// The server closed, with its close code if it gave one.
     Close(Option<u16>),
+    /// The server pinged (already answered unless `answer_pings` is off).
+    Ping,
 }
 
 /// Why a WebSocket could not be opened: refused outright, answered with a non-101, or broken.
@@ -449,6 +457,10 @@ impl WsConnectError {
 pub struct WsClient {
     rd: BufReader<OwnedReadHalf>,
     wr: OwnedWriteHalf,
+    /// Pings the server sent so far.
+    pub pings: u64,
+    /// Answer pings with pongs (on by default; off to play a dead client).
+    pub answer_pings: bool,
 }
 
 /// Open a WebSocket at `path` with `headers` (auth, origin) on a fresh connection.
@@ -489,7 +501,12 @@ pub async fn ws_connect(
             body: String::from_utf8_lossy(&body).into_owned(),
         });
     }
-    Ok(WsClient { rd, wr })
+    Ok(WsClient {
+        rd,
+        wr,
+        pings: 0,
+        answer_pings: true,
+    })
 }
 
 impl WsClient {
@@ -558,7 +575,15 @@ impl WsClient {
         loop {
             let (fin, opcode, payload) = self.read_frame().await?;
             match opcode {
-                0x9 => self.write_frame(0xA, &payload).await?,
+                0x9 => {
+                    self.pings += 1;
+                    if self.answer_pings {
+                        self.write_frame(0xA, &payload).await?;
+                    }
+                    if buf.is_empty() {
+                        return Ok(WsMsg::Ping);
+                    }
+                }
                 0xA => {}
                 0x8 => {
                     let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
@@ -595,11 +620,15 @@ impl WsClient {
         }
     }
 
-    /// The next text message as JSON; a close or binary message is an error.
+    /// The next text message as JSON (pings skipped); a close or binary message is an error.
     pub async fn recv_json(&mut self, deadline: Duration) -> anyhow::Result<Value> {
-        match self.recv_within(deadline).await? {
-            WsMsg::Text(t) => serde_json::from_str(&t).with_context(|| format!("not JSON: {t}")),
-            other => bail!("expected a JSON text message, got {other:?}"),
+        let end = Instant::now() + deadline;
+        loop {
+            match self.recv_within(end.saturating_duration_since(Instant::now())).await? {
+                WsMsg::Text(t) => return serde_json::from_str(&t).with_context(|| format!("not JSON: {t}")),
+                WsMsg::Ping => continue,
+                other => bail!("expected a JSON text message, got {other:?}"),
+            }
         }
     }
 

@@ -136,6 +136,7 @@ impl Follower {
                 self.ws = web.ws(&path).await.context("reconnecting after the reload")?;
                 self.reconnects += 1;
             }
+            WsMsg::Ping => {}
             WsMsg::Binary(_) => bail!("unexpected binary message"),
         }
         Ok(())

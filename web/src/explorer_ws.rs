@@ -4,8 +4,9 @@
 //! Client -> server: `subscribe` / `unsubscribe` `{peerId}`, `ping`; upstream's `join_group`,
 //! `leave_group` and `message` get an `error` until groups exist. Server -> client: `connected`,
 //! `subscribed`, `unsubscribed`, `peer:status` (to subscribers of that peer), `peer:discovered` and
-//! `transport:status` (to everyone), `pong`, `error`. `transfer:sent` / `transfer:received` will
-//! come with transfers, which the daemon does not have yet.
+//! `transport:status` (to everyone), `transfer:sent` (to subscribers of the recipient, when an
+//! outgoing transfer reaches `sent`), `transfer:received` (to subscribers of the sender, when an
+//! incoming one reaches `received`; its document count is asked of the daemon), `pong`, `error`.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -14,11 +15,12 @@ use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use firma_ipc::event::Event;
+use firma_ipc::transfer::{TransferDirection, TransferState};
 use rand::RngCore as _;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::daemon_link::Published;
+use crate::daemon_link::{Published, ctx};
 use crate::metrics::{GaugeGuard, inc};
 use crate::state::{AppState, now_ms};
 use crate::ws::{Beat, Heartbeat, Presence, admit, close_for_shutdown, is_ping, transport_status};
@@ -88,8 +90,36 @@ fn translate(event: &Event, at_ms: u64) -> Option<(Value, bool)> {
                    "timestamp": at_ms}),
             true,
         )),
+        Event::TransferUpdated {
+            id,
+            direction: TransferDirection::Outgoing,
+            state: TransferState::Sent,
+            peer_id,
+        } => Some((
+            json!({"type": "transfer:sent", "transferId": id, "peerId": peer_id, "timestamp": at_ms}),
+            false,
+        )),
+        Event::TransferUpdated {
+            id,
+            direction: TransferDirection::Incoming,
+            state: TransferState::Received,
+            peer_id,
+        } => Some((
+            json!({"type": "transfer:received",
+                   "transfer": {"transferId": id, "peerId": peer_id, "documentCount": 0, "transport": "p2p"},
+                   "timestamp": at_ms}),
+            false,
+        )),
         _ => None,
     }
+}
+
+/// Documents in a transfer, for upstream's `transfer:received`; 0 if the daemon cannot say.
+async fn document_count(state: &AppState, id: &str) -> usize {
+    let link = &state.link;
+    let Ok(c) = link.client() else { return 0 };
+    link.finish(c.transfer(ctx(), id.to_owned()).await)
+        .map_or(0, |t| t.documents.len())
 }
 
 struct Client {
@@ -166,10 +196,15 @@ impl Client {
     async fn on_published(&mut self, p: &Published) -> Result<(), Stop> {
         match p {
             Published::Event { event, .. } => {
-                let Some((msg, to_all)) = translate(event, now_ms()) else {
+                let Some((mut msg, to_all)) = translate(event, now_ms()) else {
                     return Ok(());
                 };
                 if to_all || event.peer_id().is_some_and(|id| self.subscriptions.contains(id)) {
+                    if let Event::TransferUpdated { id, .. } = event
+                        && msg["type"] == "transfer:received"
+                    {
+                        msg["transfer"]["documentCount"] = document_count(&self.state, id).await.into();
+                    }
                     self.send_json(msg).await?;
                 }
                 Ok(())
@@ -287,5 +322,24 @@ mod tests {
         assert_eq!(msg["type"], "peer:discovered");
         assert_eq!(msg["peer"]["peerId"], "p2");
         assert!(translate(&Event::ListenAddrAdded { addr: "a".into() }, 1).is_none());
+        let update = |id: &str, direction, state, peer: &str| Event::TransferUpdated {
+            id: id.into(),
+            direction,
+            state,
+            peer_id: peer.into(),
+        };
+        let (msg, all) = translate(&update("t1", TransferDirection::Outgoing, TransferState::Sent, "p3"), 7).unwrap();
+        assert!(!all);
+        assert_eq!(
+            msg,
+            json!({"type":"transfer:sent","transferId":"t1","peerId":"p3","timestamp":7})
+        );
+        let received = update("t2", TransferDirection::Incoming, TransferState::Received, "p4");
+        let (msg, _) = translate(&received, 8).unwrap();
+        assert_eq!(msg["type"], "transfer:received");
+        assert_eq!(msg["transfer"]["transferId"], "t2");
+        assert_eq!(msg["transfer"]["peerId"], "p4");
+        let sending = update("t3", TransferDirection::Outgoing, TransferState::Sending, "p5");
+        assert!(translate(&sending, 9).is_none());
     }
 }

@@ -20,6 +20,7 @@ pub mod ws;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd as _, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,13 +78,15 @@ pub fn login_url(addr: SocketAddr, nonce: &str) -> String {
 }
 
 /// Serve until SIGUSR2, SIGTERM or SIGINT (or `shutdown` triggered by the caller), then drain.
-/// `inherited` is the socket from `LISTEN_FDS`, if this start is a reload.
+/// `inherited` is the socket from `LISTEN_FDS`, if this start is a reload; `reload_exe` the binary
+/// a reload will execute (checked before a SIGUSR2 stops anything).
 pub async fn run(
     config: WebConfig,
     inherited: Option<std::net::TcpListener>,
+    reload_exe: Option<PathBuf>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Outcome> {
-    let signals = reload::watch_signals(shutdown.clone())?;
+    let signals = reload::watch_signals(shutdown.clone(), reload_exe)?;
     let reloaded = inherited.is_some();
     let listener = match inherited {
         Some(l) => {

@@ -110,7 +110,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let outcome = runtime.block_on(firma_web::run(config, inherited, Shutdown::default()));
+    let outcome = runtime.block_on(firma_web::run(
+        config,
+        inherited,
+        Some(handoff.exe().to_owned()),
+        Shutdown::default(),
+    ));
     runtime.shutdown_timeout(Duration::from_millis(500));
     match outcome? {
         Outcome::Stopped => Ok(()),

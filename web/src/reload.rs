@@ -9,8 +9,9 @@
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd as _, IntoRawFd as _, OwnedFd};
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context as _;
@@ -31,6 +32,10 @@ pub struct Handoff {
 }
 
 impl Handoff {
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
     pub fn capture() -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the path of the running binary (needed for reload)")?;
         let args = std::env::args_os().skip(1).collect();
@@ -49,21 +54,39 @@ pub fn inherited_listener() -> anyhow::Result<Option<std::net::TcpListener>> {
         .context("LISTEN_FDS is set but fd 3 is not a listening TCP socket")
 }
 
+/// Whether `exe` looks runnable: a reload into a missing or non-executable file would take the
+/// server down, so such a SIGUSR2 is refused and the running build keeps serving.
+fn runnable(exe: &Path) -> Result<(), String> {
+    match std::fs::metadata(exe) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+        Ok(_) => Err(format!("{} is not an executable file", exe.display())),
+        Err(e) => Err(format!("{}: {e}", exe.display())),
+    }
+}
+
 /// Wait for SIGUSR2 (reload) or SIGTERM/SIGINT (stop) and trigger `shutdown` accordingly.
 /// Installed before the server answers anything, so an early SIGUSR2 cannot kill the process.
-pub fn watch_signals(shutdown: Shutdown) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// `exe` is the binary a reload will run, checked before anything is stopped.
+pub fn watch_signals(shutdown: Shutdown, exe: Option<PathBuf>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut usr2 = signal(SignalKind::user_defined2()).context("cannot install the SIGUSR2 handler")?;
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     Ok(tokio::spawn(async move {
-        let reload = tokio::select! {
-            _ = shutdown.token().cancelled() => return,
-            _ = usr2.recv() => true,
-            _ = term.recv() => false,
-            _ = int.recv() => false,
-        };
-        tracing::info!(reload, "{}", if reload { "SIGUSR2: reloading" } else { "stopping" });
-        shutdown.trigger(reload);
+        loop {
+            let reload = tokio::select! {
+                _ = shutdown.token().cancelled() => return,
+                _ = usr2.recv() => true,
+                _ = term.recv() => false,
+                _ = int.recv() => false,
+            };
+            if reload && let Some(Err(why)) = exe.as_deref().map(runnable) {
+                tracing::error!("SIGUSR2 ignored, still serving: the new build cannot run ({why})");
+                continue;
+            }
+            tracing::info!(reload, "{}", if reload { "SIGUSR2: reloading" } else { "stopping" });
+            shutdown.trigger(reload);
+            return;
+        }
     }))
 }
 

@@ -180,6 +180,8 @@ struct Client {
     state: AppState,
     /// The newest seq this client has (snapshot or event); `None` until it has a snapshot.
     last: Option<u64>,
+    /// A `since` (and instance) asked while the daemon was away: honoured when it returns.
+    resume: Option<(u64, Option<String>)>,
 }
 
 impl Client {
@@ -283,10 +285,12 @@ impl Client {
             }
             Published::Daemon { online } => {
                 self.send(transport_status(*online)).await?;
-                if *online && self.last.is_none() {
-                    self.snapshot().await
-                } else {
-                    Ok(())
+                if !*online || self.last.is_some() {
+                    return Ok(());
+                }
+                match self.resume.take() {
+                    Some((since, instance)) => self.catch_up(since, instance.as_deref()).await,
+                    None => self.snapshot().await,
                 }
             }
         }
@@ -303,6 +307,7 @@ impl Client {
     async fn serve(&mut self, q: WsQuery) -> Result<(), End> {
         let mut rx = self.state.link.subscribe();
         if !self.state.link.status().online {
+            self.resume = q.since.map(|since| (since, q.instance.clone()));
             self.send(transport_status(false)).await?;
         } else if let Some(since) = q.since {
             self.catch_up(since, q.instance.as_deref()).await?;
@@ -356,6 +361,7 @@ async fn run(socket: WebSocket, state: AppState, q: WsQuery) {
         socket,
         state: state.clone(),
         last: None,
+        resume: None,
     };
     if let Err(End::Shutdown) = client.serve(q).await {
         close_for_shutdown(&mut client.socket, &state).await;

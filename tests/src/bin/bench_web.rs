@@ -163,8 +163,10 @@ async fn bench_fanout(daemon: &Daemon, peers: &[Daemon], n: usize, churn: Durati
                     m = ws.recv() => m?,
                     _ = target.changed() => continue,
                 };
-                let WsMsg::Text(t) = msg else {
-                    bail!("unexpected {msg:?}")
+                let t = match msg {
+                    WsMsg::Text(t) => t,
+                    WsMsg::Ping => continue,
+                    other => bail!("unexpected {other:?}"),
                 };
                 let v: serde_json::Value = serde_json::from_str(&t)?;
                 match v["type"].as_str() {
