@@ -66,6 +66,9 @@ pub struct DaemonOpts {
     /// Make the temp dir 0755 so that a dropped-privilege daemon or another uid can reach it.
     pub world_traversable: bool,
     pub ready_timeout: Duration,
+    /// Print the log tail when dropped (the test runner shows it only for failing tests); the
+    /// bench turns it off to keep its output readable.
+    pub echo_log_on_drop: bool,
 }
 
 impl Default for DaemonOpts {
@@ -90,6 +93,7 @@ impl Default for DaemonOpts {
             socket: None,
             world_traversable: false,
             ready_timeout: READY_TIMEOUT,
+            echo_log_on_drop: true,
         }
     }
 }
@@ -475,6 +479,9 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if !self.opts.echo_log_on_drop {
+            return;
         }
         // Captured by the test runner and shown only when the test failed.
         eprintln!(

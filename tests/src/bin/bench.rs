@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use firma_ipc::ControlRequest;
 use firma_ipc::client::{CALL_TIMEOUT, ctx};
 use firma_ipc::types::PeerFilter;
-use firma_tests::harness::{flatten, spawn_many};
+use firma_tests::harness::flatten;
 use firma_tests::{Daemon, DaemonOpts, wait_for};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -219,9 +219,11 @@ async fn all_connected(a: &Daemon, want: usize) -> bool {
 
 async fn bench_restart(args: &Args, rows: &mut Vec<String>) -> anyhow::Result<()> {
     let t = Instant::now();
-    let peers = spawn_many("bench-peer-", args.peers).await?;
+    let peers =
+        futures::future::try_join_all((0..args.peers).map(|i| Daemon::spawn(quiet(&format!("bench-peer-{i}")))))
+            .await?;
     println!("started {} peer daemons in {:.2?}", args.peers, t.elapsed());
-    let mut a = Daemon::spawn(DaemonOpts::named("bench-main")).await?;
+    let mut a = Daemon::spawn(quiet("bench-main")).await?;
     let t = Instant::now();
     let addrs = futures::future::try_join_all(peers.iter().map(|p| p.tcp_addr())).await?;
     futures::future::try_join_all(addrs.iter().map(|addr| a.connect(addr))).await?;
@@ -265,6 +267,13 @@ async fn bench_restart(args: &Args, rows: &mut Vec<String>) -> anyhow::Result<()
     Ok(())
 }
 
+fn quiet(name: &str) -> DaemonOpts {
+    DaemonOpts {
+        echo_log_on_drop: false,
+        ..DaemonOpts::named(name)
+    }
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -289,7 +298,7 @@ async fn main() -> anyhow::Result<()> {
     println!("machine: {}", machine());
     println!("daemon binary: {}", firma_tests::bins::daemon()?.display());
     let tmp = tempfile::Builder::new().prefix("firma-bench-").tempdir()?;
-    let a = Daemon::spawn(DaemonOpts::named("bench-rpc")).await?;
+    let a = Daemon::spawn(quiet("bench-rpc")).await?;
     let mut rows = Vec::new();
     bench_rpc(&a, &args, tmp.path(), &mut rows).await?;
     drop(a);
