@@ -79,7 +79,7 @@ mod tests {
     #[tokio::test]
     async fn a_hanging_check_does_not_outlive_the_deadline() -> anyhow::Result<()> {
         let start = Instant::now();
-        let r = wait_for(Duration::from_millis(100), "a hang", || std::future::pending::<bool>()).await;
+        let r = wait_for(Duration::from_millis(100), "a hang", std::future::pending::<bool>).await;
         anyhow::ensure!(
             r.is_err() && start.elapsed() < Duration::from_secs(2),
             "{r:?} after {:?}",
