@@ -36,6 +36,12 @@ pub struct JsNode {
 impl JsNode {
     /// Start a node listening on 127.0.0.1 port 0 with agent `agent` (`name/version`).
     pub async fn spawn(agent: &str) -> anyhow::Result<JsNode> {
+        Self::spawn_script("interop.mjs", agent).await
+    }
+
+    /// Like [`JsNode::spawn`] with another script of tests/js that speaks the same stdin/stdout
+    /// protocol (e.g. `v1-peer.mjs`, the upstream-style transfer peer).
+    pub async fn spawn_script(script: &str, agent: &str) -> anyhow::Result<JsNode> {
         let dir = js_dir();
         if !dir.join("node_modules").join("libp2p").is_dir() {
             bail!(
@@ -44,14 +50,14 @@ impl JsNode {
             );
         }
         let mut child = Command::new("node")
-            .arg("interop.mjs")
+            .arg(script)
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--agent", agent])
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("starting `node interop.mjs` (is Node.js 20+ installed?)")?;
+            .with_context(|| format!("starting `node {script}` (is Node.js 20+ installed?)"))?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(out) = child.stdout.take() {

@@ -14,6 +14,7 @@ pub mod harness;
 pub mod js;
 pub mod netns;
 pub mod ops;
+pub mod transfer;
 pub mod wait;
 pub mod web;
 
