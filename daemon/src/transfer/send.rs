@@ -81,7 +81,7 @@ pub(crate) async fn attempt(engine: &Arc<Engine>, rec: TransferRecord, cancel: &
     };
     tokio::select! {
         () = cancel.cancelled() => Outcome::Stopped,
-        o = deliver(engine, &rec, &m, peer, stream) => o,
+        o = deliver(engine, &rec, &m, peer, stream, cancel) => o,
     }
 }
 
@@ -94,7 +94,14 @@ fn frame_outcome(what: &str, e: FrameError) -> Outcome {
     }
 }
 
-async fn deliver(engine: &Arc<Engine>, rec: &TransferRecord, m: &Manifest, peer: PeerId, mut ctl: Stream) -> Outcome {
+async fn deliver(
+    engine: &Arc<Engine>,
+    rec: &TransferRecord,
+    m: &Manifest,
+    peer: PeerId,
+    mut ctl: Stream,
+    cancel: &CancellationToken,
+) -> Outcome {
     let mut buf = Vec::new();
     let offer = Signed {
         bytes: rec.manifest.clone(),
@@ -183,7 +190,7 @@ async fn deliver(engine: &Arc<Engine>, rec: &TransferRecord, m: &Manifest, peer:
         return Outcome::Retry("could not record the transfer's progress".into());
     }
     if !missing.is_empty()
-        && let Err(o) = send_chunks(engine, rec, m, peer, missing).await
+        && let Err(o) = send_chunks(engine, rec, m, peer, missing, cancel).await
     {
         return o;
     }
@@ -250,6 +257,7 @@ async fn send_chunks(
     m: &Manifest,
     peer: PeerId,
     missing: Vec<(u32, u32)>,
+    cancel: &CancellationToken,
 ) -> Result<(), Outcome> {
     let blobs = engine.blobs.clone();
     let tid = rec.id.clone();
@@ -273,8 +281,13 @@ async fn send_chunks(
     let mut tasks = Vec::with_capacity(streams);
     for _ in 0..streams {
         let (engine, shared, m, id) = (engine.clone(), shared.clone(), m.clone(), rec.id.clone());
+        // Spawned, so that streams run in parallel; the token ends them with the attempt.
+        let cancel = cancel.clone();
         tasks.push(tokio::spawn(async move {
-            data_stream(&engine, &shared, &m, &id, peer).await
+            tokio::select! {
+                () = cancel.cancelled() => Err("stopped".to_owned()),
+                r = data_stream(&engine, &shared, &m, &id, peer) => r,
+            }
         }));
     }
     let mut first_err = None;

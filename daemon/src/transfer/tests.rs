@@ -70,6 +70,7 @@ impl Daemon {
 
     async fn client(&self) -> Connection {
         wait_for("the control socket", Duration::from_secs(30), || async {
+            assert!(!self.task.is_finished(), "the daemon stopped while starting");
             connect(&self.socket, "transfer-test", Role::Operator).await.ok()
         })
         .await
@@ -450,6 +451,47 @@ async fn throughput() {
         "throughput: {mib} MiB over {streams} streams in {secs:.2} s = {:.0} MiB/s",
         mib as f64 / secs
     );
+    drop((ca, cb));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_restarted_mid_transfer_resumes_from_its_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(dir.path(), "a", InboxPolicy::Accept).await;
+    let b = Daemon::start(dir.path(), "b", InboxPolicy::Accept).await;
+    let (ca, cb) = (a.client().await, b.client().await);
+    let b_status = cb.client.status(ctx(CALL)).await.unwrap().unwrap();
+    ca.client
+        .connect(ctx(CALL), b_status.listen_addrs[0].clone())
+        .await
+        .unwrap()
+        .unwrap();
+    let data = pseudo_random(48 * 1024 * 1024, 13);
+    let d = upload(&ca, "big.pdf", &data).await;
+    let sent = send_one(&ca, &b_status.peer_id, vec![d]).await;
+    let quarter = data.len() as u64 / 4;
+    wait_for("a quarter to arrive", Duration::from_secs(60), || async {
+        get(&cb, &sent.id).await.filter(|t| t.bytes_done >= quarter)
+    })
+    .await;
+    drop(ca);
+    a.stop().await;
+    // The outbox is in LMDB: the new process picks the transfer up and redials B.
+    let a = Daemon::start(dir.path(), "a", InboxPolicy::Accept).await;
+    let ca = a.client().await;
+    let delivered = wait_for(
+        "delivery after the sender's restart",
+        Duration::from_secs(120),
+        || async { get(&ca, &sent.id).await.filter(|t| t.state == TransferState::Delivered) },
+    )
+    .await;
+    assert!(delivered.receipt.is_some_and(|r| r.verified));
+    let received = get(&cb, &sent.id).await.unwrap();
+    assert_eq!(received.state, TransferState::Received);
+    assert!(received.chunks_resent <= 2, "received twice {}", received.chunks_resent);
+    assert_eq!(download(&cb, &sent.id, &received.documents[0].id).await, data);
     drop((ca, cb));
     a.stop().await;
     b.stop().await;

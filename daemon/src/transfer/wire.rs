@@ -122,7 +122,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, max:
     let mut kind = [0u8; 1];
     r.read_exact(&mut kind).await?;
     let kind = Kind::from_u8(kind[0]).ok_or(FrameError::BadKind(kind[0]))?;
-    buf.clear();
+    // No clear first: a buffer already at this length (the next chunk of a transfer) is
+    // overwritten in place instead of being zeroed again.
     buf.resize(len - 1, 0);
     r.read_exact(buf).await?;
     Ok(kind)
