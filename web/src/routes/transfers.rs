@@ -224,14 +224,21 @@ pub async fn reject(
     Ok(Json(s.link.finish(c.reject_transfer(ctx(), id, reason).await)?))
 }
 
-/// A file name safe inside `Content-Disposition`: no path, no controls, no quotes or backslashes,
+/// A file name safe inside `Content-Disposition` and on any file system: no path, no controls, no
+/// quotes, none of the characters Windows refuses,
 /// ASCII for `filename=` and the full (capped) name percent-encoded for `filename*=`.
 pub fn disposition(original: &str) -> String {
     let base = original.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String = base
         .chars()
         .filter(|c| !c.is_control())
-        .map(|c| if matches!(c, '"' | ';' | '%') { '_' } else { c })
+        .map(|c| {
+            if matches!(c, '"' | ';' | '%' | '<' | '>' | ':' | '|' | '?' | '*') {
+                '_'
+            } else {
+                c
+            }
+        })
         .take(MAX_DISPOSITION_NAME)
         .collect();
     let cleaned = cleaned.trim().trim_start_matches('.').to_owned();

@@ -15,6 +15,7 @@ export class Model {
     this.log = [];
     /** The newest daemon event seq applied, and the daemon instance it belongs to. */
     this.seq = null;
+    this.snapshotSeq = null;
     this.instance = null;
     /** Gaps seen in the seq numbering inside one instance (should stay 0). */
     this.gaps = 0;
@@ -69,6 +70,8 @@ export class Model {
     this.statusAt = Date.now();
     this.peers = new Map(snapshot.peers.map((p) => [p.peer_id, p]));
     this.seq = snapshot.seq;
+    /** Where the current numbering began for this page: events follow from here without a gap. */
+    this.snapshotSeq = snapshot.seq;
     this.instance = snapshot.instance;
     this.changed('status', 'peers');
   }

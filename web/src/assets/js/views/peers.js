@@ -76,23 +76,24 @@ function row(model, p) {
   pinBtn.addEventListener('click', () => act(pinBtn, status, async () => {
     model.setPeer(await api(`/api/peers/${enc}/pin`, { method: 'POST', body: { pinned: !p.pinned } }));
   }));
+  // Each cell's content sits in one box, so the narrow layout (label | value) keeps it together.
+  const cell = (label, cls, ...children) => el('td', { 'data-label': label, class: cls }, el('div', { class: 'cell' }, children));
   return el('tr', { dataset: { peer: id }, class: p.connected ? 'connected' : 'offline' },
-    el('td', { 'data-label': 'Peer', class: 'peer-cell' },
+    cell('Peer', 'peer-cell',
       el('code', { class: 'peer-id', title: id, text: shortId(id) }),
       el('div', { class: 'agent', text: p.agent || 'agent unknown' })),
-    el('td', { 'data-label': 'Status' },
+    cell('Status', '',
       el('span', { class: `chip ${p.connected ? 'ok' : ''}` }, p.connected ? 'connected' : 'offline'),
       p.banned ? el('span', { class: 'chip bad' }, 'banned') : null),
-    el('td', { 'data-label': 'RTT', class: 'live-value' }, rtt(p.last_rtt_us)),
-    el('td', { 'data-label': 'Addresses' },
+    cell('RTT', 'live-value', rtt(p.last_rtt_us)),
+    cell('Addresses', '',
       el('ul', { class: 'addr-list' }, p.addrs.slice(0, 4).map((a) => el('li', { title: `via ${a.source}`, text: a.addr })),
         p.addrs.length > 4 ? el('li', {}, `+${p.addrs.length - 4} more`) : null)),
-    el('td', { 'data-label': 'Found via' }, sources(p).map((s) => el('span', { class: 'chip' }, s))),
-    el('td', { 'data-label': 'Last seen', class: 'live-value', title: new Date(p.last_seen_ms).toISOString() },
-      p.connected ? 'now' : ago(p.last_seen_ms)),
-    el('td', { 'data-label': 'Pinned' }, p.pinned ? 'yes' : 'no'),
-    el('td', { 'data-label': 'Trust' }, el('span', { class: `chip ${p.trust === 'trusted' ? 'ok' : ''}` }, p.trust)),
-    el('td', { 'data-label': 'Actions', class: 'actions' }, connectBtn, pinBtn),
+    cell('Found via', '', sources(p).map((s) => el('span', { class: 'chip' }, s))),
+    cell('Last seen', 'live-value', p.connected ? 'now' : ago(p.last_seen_ms)),
+    cell('Pinned', '', p.pinned ? 'yes' : 'no'),
+    cell('Trust', '', el('span', { class: `chip ${p.trust === 'trusted' ? 'ok' : ''}` }, p.trust)),
+    cell('Actions', 'actions', connectBtn, ' ', pinBtn),
   );
 }
 
