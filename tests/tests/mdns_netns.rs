@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
+use firma_ipc::client::ctx;
+use firma_ipc::event::Event;
 use firma_ipc::types::AddrSource;
+use firma_tests::harness::flatten;
 use firma_tests::netns::NetnsPair;
-use firma_tests::{Daemon, DaemonOpts, wait_for};
+use firma_tests::{Daemon, DaemonOpts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mdns_discovers_across_veth() -> anyhow::Result<()> {
@@ -26,21 +29,30 @@ async fn mdns_discovers_across_veth() -> anyhow::Result<()> {
         Daemon::spawn(opts("mdns-b", &pair.b))
     )?;
     ensure!(a.status().await?.discovery.mdns_enabled, "mdns is off in a");
-    // First discovery (the address book learns the other's veth address from mDNS), then the
-    // connection, so that a failure says which of the two is missing.
-    for (x, y, y_addr) in [(&a, &b, &pair.b.addr), (&b, &a, &pair.a.addr)] {
-        let what = format!("`{}` to learn `{}` from mDNS", x.name(), y.name());
-        wait_for(Duration::from_secs(30), &what, || async {
-            x.peer(y.peer_id()).await.is_ok_and(|p| {
-                p.addrs
-                    .iter()
-                    .any(|ad| ad.source == AddrSource::Mdns && ad.addr.contains(y_addr.as_str()))
-            })
-        })
-        .await
-        .with_context(|| x.log_tail())?;
-    }
     a.wait_connected(b.peer_id(), Duration::from_secs(30)).await?;
     b.wait_connected(a.peer_id(), Duration::from_secs(30)).await?;
+    // Nothing but mDNS could have told either one where the other is: both must say so.
+    for (x, y, y_addr) in [(&a, &b, &pair.b.addr), (&b, &a, &pair.a.addr)] {
+        let conn = x.client().await?;
+        let batch = flatten(conn.client.events(ctx(Duration::from_secs(10)), 0, 1024, 0).await)?;
+        let from_mdns = batch.events.iter().any(|e| {
+            matches!(&e.event, Event::PeerDiscovered { peer_id, source: AddrSource::Mdns, .. } if peer_id == y.peer_id())
+        });
+        ensure!(
+            from_mdns,
+            "`{}` has no mDNS discovery event for `{}`: {:?}",
+            x.name(),
+            y.name(),
+            batch.events
+        );
+        let p = x.peer(y.peer_id()).await?;
+        ensure!(
+            p.addrs.iter().any(|ad| ad.addr.contains(y_addr.as_str())),
+            "`{}` does not know `{}` at its veth address: {:?}",
+            x.name(),
+            y.name(),
+            p.addrs
+        );
+    }
     Ok(())
 }
