@@ -13,6 +13,7 @@
 //! catch-up, and drops broadcast events at or below what it already sent, so nothing is lost or
 //! repeated between the two (see the invariant in `daemon_link`).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -21,9 +22,11 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use firma_ipc::service::MAX_EVENTS_BATCH;
 use firma_ipc::types::PeerFilter;
+use futures::SinkExt as _;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::config::MAX_BODY;
 use crate::daemon_link::{Published, ctx, envelope_json};
@@ -39,6 +42,8 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// instead of growing memory.
 pub const MAX_WRITE_BUFFER: usize = 4 * MAX_BODY;
 
+/// Most queued events written before one flush.
+const MAX_BURST: usize = 256;
 const READ_BUFFER: usize = 8 * 1024;
 const WRITE_BUFFER: usize = 8 * 1024;
 
@@ -271,7 +276,12 @@ impl Client {
         match p {
             Published::Event { seq, json, .. } => {
                 if self.last.is_some_and(|l| *seq > l) {
-                    self.send(json.clone()).await?;
+                    // Buffered only; the receive loop flushes after the burst.
+                    self.socket
+                        .feed(Message::Text(json.clone()))
+                        .await
+                        .map_err(|_| End::Gone)?;
+                    inc(&self.state.metrics.ws_messages_sent);
                     self.last = Some(*seq);
                 }
                 Ok(())
@@ -293,6 +303,28 @@ impl Client {
                     None => self.snapshot().await,
                 }
             }
+        }
+    }
+
+    async fn on_recv(
+        &mut self,
+        p: Result<Arc<Published>, RecvError>,
+        rx: &mut broadcast::Receiver<Arc<Published>>,
+    ) -> Result<(), End> {
+        match p {
+            Ok(p) => self.on_published(&p).await,
+            Err(RecvError::Lagged(missed)) => {
+                inc(&self.state.metrics.ws_lagged);
+                tracing::debug!(missed, "a /ws client fell behind; resyncing it");
+                // Skip what is still queued: the snapshot supersedes it.
+                *rx = rx.resubscribe();
+                if self.last.is_some() {
+                    self.resync("lagged").await
+                } else {
+                    Ok(())
+                }
+            }
+            Err(RecvError::Closed) => Err(End::Shutdown),
         }
     }
 
@@ -333,17 +365,21 @@ impl Client {
                         Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(End::Gone),
                     }
                 }
-                p = rx.recv() => match p {
-                    Ok(p) => self.on_published(&p).await?,
-                    Err(RecvError::Lagged(missed)) => {
-                        inc(&self.state.metrics.ws_lagged);
-                        tracing::debug!(missed, "a /ws client fell behind; resyncing it");
-                        // Drain what is still queued: the snapshot supersedes it.
-                        rx = rx.resubscribe();
-                        if self.last.is_some() { self.resync("lagged").await? }
+                p = rx.recv() => {
+                    self.on_recv(p, &mut rx).await?;
+                    // Take what else is queued already, then flush once: a burst of events costs
+                    // one write instead of one per event.
+                    for _ in 0..MAX_BURST {
+                        let more = match rx.try_recv() {
+                            Ok(p) => Ok(p),
+                            Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                            Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                            Err(TryRecvError::Empty) => break,
+                        };
+                        self.on_recv(more, &mut rx).await?;
                     }
-                    Err(RecvError::Closed) => return Err(End::Shutdown),
-                },
+                    self.socket.flush().await.map_err(|_| End::Gone)?;
+                }
                 _ = ticker.tick() => match beat.tick() {
                     Beat::Quiet => {}
                     Beat::Ping => self.socket.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)?,
