@@ -103,11 +103,11 @@ async fn upload_part(s: &AppState, field: &mut Field<'_>, size: u64, mime: Strin
         let chunk = serde_bytes::ByteBuf::from(pending);
         s.link.finish(c.upload_chunk(ctx(), id.clone(), offset, chunk).await)?;
     }
-    Ok(s.link.finish(c.upload_finish(ctx(), id).await)?)
+    s.link.finish(c.upload_finish(ctx(), id).await)
 }
 
-/// `POST /api/transfers`, `multipart/form-data`: `peer` (the recipient's peer id), optional
-/// `message`, then for each document a `size` field (its byte count) followed by its `file`
+/// `POST /api/transfers`, `multipart/form-data`: first `peer` (the recipient's peer id) and an
+/// optional `message`, then for each document a `size` field (its byte count) followed by its `file`
 /// part (optionally preceded by `mime`). Answers the created transfer.
 pub async fn create(
     State(s): State<AppState>,
@@ -135,6 +135,12 @@ pub async fn create(
             "file" => {
                 if staged.len() >= MAX_FILES {
                     return Err(ApiError::bad_request(format!("at most {MAX_FILES} files per transfer")));
+                }
+                // Before any bytes move, so a form without a recipient leaves nothing staged behind.
+                if peer.as_deref().is_none_or(str::is_empty) {
+                    return Err(ApiError::bad_request(
+                        "the `peer` field (the recipient's peer id) must come before the files",
+                    ));
                 }
                 let announced = size.take().ok_or_else(|| {
                     ApiError::bad_request("each `file` part must follow a `size` field holding its byte count")
