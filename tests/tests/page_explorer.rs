@@ -514,6 +514,12 @@ async fn explorer_in_a_real_browser() -> anyhow::Result<()> {
             })
             .unwrap_or_default();
         ensure!(thrown.is_empty(), "page {page} threw: {thrown:?}");
+        // 503s while the daemon was away are expected console noise; a CSP violation never is.
+        eprintln!("page {page} console errors: {errors}");
+        ensure!(
+            !errors.to_string().contains("Content Security Policy"),
+            "page {page} broke its CSP: {errors}"
+        );
     }
     drop(js);
     Ok(())
