@@ -231,13 +231,34 @@ pub fn scan_part(path: &Path, doc: &ManifestDoc, chunk_size: u32) -> io::Result<
         return Ok(held);
     }
     let mut buf = vec![0u8; chunk_size as usize];
+    // Chunks never written are holes of the sparse file: skip them without reading or hashing
+    // (a fresh 1 GiB part file would otherwise cost a full read and hash of zeros).
+    let mut next_data = 0u64;
     for (i, slot) in held.iter_mut().enumerate() {
         let (start, len) = chunk_range(doc.size, chunk_size, i as u64);
+        if next_data < start {
+            next_data = data_from(&f, start);
+        }
+        if next_data >= start + len as u64 {
+            continue;
+        }
         f.read_exact_at(&mut buf[..len], start)
             .map_err(|e| io_err(path, "reading", e))?;
         *slot = super::manifest::chunk_matches(doc, i as u64, &buf[..len]);
     }
     Ok(held)
+}
+
+/// The first offset at or after `from` that holds data (`u64::MAX` when none does). Where the
+/// file system cannot tell, `from` itself: everything is read then, which is only slower.
+fn data_from(f: &File, from: u64) -> u64 {
+    use std::os::fd::AsFd;
+    let Ok(off) = i64::try_from(from) else { return from };
+    match nix::unistd::lseek(f.as_fd(), off, nix::unistd::Whence::SeekData) {
+        Ok(at) => u64::try_from(at).unwrap_or(from),
+        Err(nix::errno::Errno::ENXIO) => u64::MAX,
+        Err(_) => from,
+    }
 }
 
 /// Reads `len` bytes at `offset` into `buf` (resized), for sending a chunk or a download.
