@@ -1,0 +1,369 @@
+//! bench_transfer: one document between two daemons on loopback, next to what the machine can do
+//! without them, all from ONE run: scp of the same file through a private sshd on a loopback port,
+//! and a plain TCP copy (socket to file, no encryption, no framing). Also the peak RSS growth of
+//! both daemons during the transfer (VmHWM, reset just before it starts).
+//!
+//! Usage: bench_transfer [--size-mib N] [--skip-scp]   (default 1024 MiB)
+//! Build the release daemon and this bench first:
+//!   cargo build --release -p firma-daemon -p firma-tests --bin bench_transfer
+//!   target/release/bench_transfer
+//! Needs `sshd`, `scp` and `ssh-keygen` (Debian: openssh-server, openssh-client) unless --skip-scp.
+//! Not part of the test command: it moves gigabytes and wants a quiet machine.
+
+use std::net::{Ipv4Addr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use firma_ipc::transfer::TransferState;
+use firma_tests::transfer::{make_document, send, sha256_file, transfer, transfer_opts, upload_doc, wait_incoming};
+use firma_tests::{Daemon, wait_for};
+
+const MIB: u64 = 1 << 20;
+/// Longest any one copy may take before the bench calls it stuck.
+const COPY_DEADLINE: Duration = Duration::from_secs(900);
+/// Copy buffer of the plain TCP baseline: what a simple, decent copy loop uses.
+const TCP_BUF: usize = 1 << 20;
+
+struct Args {
+    size_mib: u64,
+    scp: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        size_mib: 1024,
+        scp: true,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        match flag.as_str() {
+            "--size-mib" => a.size_mib = args.next().context("--size-mib needs a number")?.parse()?,
+            "--skip-scp" => a.scp = false,
+            _ => bail!("usage: bench_transfer [--size-mib N] [--skip-scp]"),
+        }
+    }
+    ensure!(a.size_mib > 0, "--size-mib must be at least 1");
+    Ok(a)
+}
+
+fn mib_per_s(bytes: u64, took: Duration) -> f64 {
+    bytes as f64 / MIB as f64 / took.as_secs_f64().max(1e-9)
+}
+
+/// A `/proc/PID/status` field in KiB, e.g. `VmHWM`.
+fn status_kib(status: &str, field: &str) -> anyhow::Result<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("no {field} in /proc/PID/status"))?;
+    Ok(line.split_whitespace().nth(1).context("malformed line")?.parse()?)
+}
+
+/// Reset the peak RSS (VmHWM) of `d` to its current RSS, so that the next peak is this run's.
+fn reset_peak(d: &Daemon) -> anyhow::Result<u64> {
+    let pid = d.pid().context("daemon not running")?;
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").context("resetting VmHWM (needs Linux >= 4.0)")?;
+    status_kib(&d.proc_status()?, "VmRSS:")
+}
+
+struct DaemonRun {
+    took: Duration,
+    received_after: Duration,
+    rss_growth_kib: [u64; 2],
+    chunks_resent: u64,
+}
+
+async fn bench_daemons(doc: &firma_tests::transfer::TestDoc) -> anyhow::Result<DaemonRun> {
+    let (a, b) = tokio::try_join!(
+        Daemon::spawn(transfer_opts("bench-send", "accept")),
+        Daemon::spawn(transfer_opts("bench-recv", "accept"))
+    )?;
+    a.connect_to(&b).await?;
+    let t = Instant::now();
+    let staged = upload_doc(&a, doc).await?;
+    println!(
+        "upload into the sending daemon: {:.0} MiB/s (not part of the figure)",
+        mib_per_s(doc.size, t.elapsed())
+    );
+
+    let base = [reset_peak(&a)?, reset_peak(&b)?];
+    let t = Instant::now();
+    let out = send(&a, b.peer_id(), &[staged], None).await?;
+    let incoming = wait_incoming(&b, a.peer_id(), COPY_DEADLINE).await?;
+    // When the receiver had every byte verified, before the receipt went back.
+    let received_after = std::sync::Mutex::new(None);
+    wait_for(COPY_DEADLINE, "the transfer to be delivered", || async {
+        let seen = received_after.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        if !seen
+            && transfer(&b, &incoming.id)
+                .await
+                .is_ok_and(|t| t.state == TransferState::Received)
+        {
+            *received_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(t.elapsed());
+        }
+        transfer(&a, &out.id).await.is_ok_and(|t| t.state.is_final())
+    })
+    .await?;
+    let received_after = received_after.into_inner().unwrap_or_else(|p| p.into_inner());
+    let took = t.elapsed();
+    let done = transfer(&a, &out.id).await?;
+    ensure!(
+        done.state == TransferState::Delivered,
+        "transfer ended {:?}: {:?}",
+        done.state,
+        done.error
+    );
+    let peak = [
+        status_kib(&a.proc_status()?, "VmHWM:")?,
+        status_kib(&b.proc_status()?, "VmHWM:")?,
+    ];
+    Ok(DaemonRun {
+        took,
+        received_after: received_after.unwrap_or(took),
+        rss_growth_kib: [peak[0].saturating_sub(base[0]), peak[1].saturating_sub(base[1])],
+        chunks_resent: done.chunks_resent,
+    })
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(StdListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+/// sshd on 127.0.0.1 with its own host key, config and authorized key, in `dir`; killed on drop.
+struct Sshd {
+    child: Child,
+    port: u16,
+    key: PathBuf,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+async fn start_sshd(dir: &Path) -> anyhow::Result<Sshd> {
+    let host_key = dir.join("host_ed25519");
+    let key = dir.join("client_ed25519");
+    for k in [&host_key, &key] {
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(k))?;
+    }
+    std::fs::copy(key.with_extension("pub"), dir.join("authorized_keys"))?;
+    let port = free_port()?;
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\nPubkeyAuthentication yes\nSubsystem sftp internal-sftp\n",
+            host_key.display(),
+            dir.join("authorized_keys").display(),
+            dir.join("sshd.pid").display()
+        ),
+    )?;
+    // sshd insists on its privilege-separation directory.
+    std::fs::create_dir_all("/run/sshd")?;
+    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("sshd not found: install openssh-server, or pass --skip-scp")?;
+    let child = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("sshd.log"))?)
+        .spawn()?;
+    let sshd = Sshd { child, port, key };
+    wait_for(Duration::from_secs(10), "sshd to listen", || async move {
+        tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .is_ok()
+    })
+    .await?;
+    Ok(sshd)
+}
+
+async fn bench_scp(dir: &Path, file: &Path) -> anyhow::Result<Duration> {
+    let sshd = start_sshd(dir).await?;
+    let dest = dir.join("scp-copy");
+    let t = Instant::now();
+    let mut cmd = tokio::process::Command::new("scp");
+    cmd.arg("-q")
+        .args(["-i"])
+        .arg(&sshd.key)
+        .args(["-P", &sshd.port.to_string()])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+        ])
+        .arg(file)
+        .arg(format!("root@127.0.0.1:{}", dest.display()))
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(COPY_DEADLINE, cmd.output())
+        .await
+        .context("scp did not finish")??;
+    let took = t.elapsed();
+    ensure!(
+        out.status.success(),
+        "scp failed: {}\nsshd log: {}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+    );
+    ensure!(sha256_file(&dest)? == sha256_file(file)?, "scp copy differs");
+    std::fs::remove_file(&dest)?;
+    Ok(took)
+}
+
+/// File → TCP socket → file with plain blocking reads and writes on two threads: the floor of
+/// what moving these bytes through the loopback and the page cache costs on this machine.
+fn bench_tcp(dir: &Path, file: &Path, size: u64) -> anyhow::Result<Duration> {
+    use std::io::{Read, Write};
+    let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let addr = listener.local_addr()?;
+    let dest = dir.join("tcp-copy");
+    let dest2 = dest.clone();
+    let t = Instant::now();
+    let receiver = std::thread::spawn(move || -> anyhow::Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        let mut out = std::fs::File::create(&dest2)?;
+        let mut buf = vec![0u8; TCP_BUF];
+        let mut got = 0u64;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(got);
+            }
+            out.write_all(&buf[..n])?;
+            got += n as u64;
+        }
+    });
+    let mut s = std::net::TcpStream::connect(addr)?;
+    let mut src = std::fs::File::open(file)?;
+    let mut buf = vec![0u8; TCP_BUF];
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        s.write_all(&buf[..n])?;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let got = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("tcp receiver panicked"))??;
+    let took = t.elapsed();
+    ensure!(got == size, "tcp copy moved {got} of {size} bytes");
+    std::fs::remove_file(&dest)?;
+    Ok(took)
+}
+
+/// The 1-minute load average, to tell a quiet run from a busy one.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cores} cores, {cpu}, {date}")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    println!("machine: {}", machine());
+    println!("load average at start: {}", load());
+    println!("daemon binary: {}", firma_tests::bins::daemon()?.display());
+    let tmp = tempfile::Builder::new().prefix("firma-bench-transfer-").tempdir()?;
+    let size = args.size_mib * MIB;
+    let t = Instant::now();
+    let doc = make_document(tmp.path(), "bench.bin", size, 42)?;
+    println!("made a {} MiB document in {:.1?}", args.size_mib, t.elapsed());
+
+    let tcp = tokio::task::block_in_place(|| bench_tcp(tmp.path(), &doc.path, size))?;
+    println!("plain TCP copy: {:.0} MiB/s", mib_per_s(size, tcp));
+    let scp = if args.scp {
+        let took = bench_scp(tmp.path(), &doc.path).await?;
+        println!("scp: {:.0} MiB/s", mib_per_s(size, took));
+        Some(took)
+    } else {
+        None
+    };
+    let run = bench_daemons(&doc).await?;
+    let ours = mib_per_s(size, run.took);
+    println!(
+        "daemons: {ours:.0} MiB/s to the verified receipt ({:.0} MiB/s to received), {} chunks re-sent",
+        mib_per_s(size, run.received_after),
+        run.chunks_resent
+    );
+
+    println!();
+    println!(
+        "| measurement ({} MiB, loopback) | figure | baseline | ratio |",
+        args.size_mib
+    );
+    println!("|---|---|---|---|");
+    if let Some(scp) = scp {
+        let theirs = mib_per_s(size, scp);
+        println!(
+            "| transfer, create → receipt verified | {ours:.0} MiB/s | scp {theirs:.0} MiB/s | {:.2}x |",
+            ours / theirs
+        );
+    }
+    let tcp_rate = mib_per_s(size, tcp);
+    println!(
+        "| transfer, create → receipt verified | {ours:.0} MiB/s | plain TCP copy {tcp_rate:.0} MiB/s | {:.2}x |",
+        ours / tcp_rate
+    );
+    for (who, kib) in ["sender", "receiver"].iter().zip(run.rss_growth_kib) {
+        println!(
+            "| peak RSS growth of the {who} daemon (VmHWM) | {:.1} MiB | target < 64 MiB | |",
+            kib as f64 / 1024.0
+        );
+    }
+    println!(
+        "(ratios are ours/baseline: above 1.00x is faster than the baseline; load average at end: {})",
+        load()
+    );
+    Ok(())
+}
