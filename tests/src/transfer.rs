@@ -274,6 +274,24 @@ pub fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Start `firmactl --socket <d's socket> ARGS...` in the background (no `FIRMA_*` inherited),
+/// for commands that must keep running while the test does something to the daemon. The child
+/// is killed if dropped; wait for it with `wait_with_output` under a timeout.
+pub fn spawn_cli(d: &Daemon, args: &[&str]) -> anyhow::Result<tokio::process::Child> {
+    let bin = crate::bins::firmactl()?;
+    let mut cmd = std::process::Command::new(&bin);
+    crate::harness::clear_firma_env(&mut cmd);
+    cmd.arg("--socket")
+        .arg(d.socket())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    cmd.spawn().with_context(|| format!("starting {}", bin.display()))
+}
+
 /// A daemon for the transfer suites: loopback-only as usual, with the inbox policy for unknown
 /// peers set to `unknown_peers` (`accept`, `ask` or `reject`) in its config file.
 pub fn transfer_opts(name: &str, unknown_peers: &str) -> DaemonOpts {

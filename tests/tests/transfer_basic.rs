@@ -203,3 +203,47 @@ async fn send_follows_to_delivery_and_cancel_stops_a_waiting_transfer() -> anyho
     ensure!(states.len() == 2, "outgoing: {again}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_keeps_following_across_a_daemon_restart() -> anyhow::Result<()> {
+    let (mut a, b) = tokio::try_join!(
+        Daemon::spawn(transfer_opts("restart-a", "accept")),
+        Daemon::spawn(transfer_opts("restart-b", "accept"))
+    )?;
+    a.connect_to(&b).await?;
+    let doc = make_document(a.dir(), "long.bin", 120 * MIB, 21)?;
+    let path = doc.path.display().to_string();
+    let child = firma_tests::transfer::spawn_cli(&a, &["--json", "send", b.peer_id(), &path])?;
+
+    // Once the transfer moves, the sending daemon goes away and comes back.
+    let (moving, _) = firma_tests::wait_for_value(BIG_DEADLINE, "the transfer to move", || async {
+        firma_tests::transfer::transfers(&a, TransferFilter::Outgoing)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|t| t.bytes_done > 0)
+    })
+    .await?;
+    a.kill9().await?;
+    a.start().await?;
+
+    let out = tokio::time::timeout(BIG_DEADLINE, child.wait_with_output())
+        .await
+        .context("firmactl send did not finish")??;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    ensure!(
+        out.status.success(),
+        "firmactl send exited {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).with_context(|| format!("not JSON: {stdout}"))?;
+    ensure!(
+        v["id"] == moving.id.as_str() && v["state"] == "delivered",
+        "send printed {v}"
+    );
+    ensure!(stderr.contains("reconnected"), "no reconnect notice: {stderr}");
+    Ok(())
+}
