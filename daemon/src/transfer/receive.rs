@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
+use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +45,9 @@ pub(crate) struct Session {
     /// Open partial files; `None` for documents already complete.
     files: Vec<Option<Arc<File>>>,
     held: Mutex<Vec<Vec<bool>>>,
+    /// Per document, the whole-document SHA-256 computed as chunks arrive in order, so that
+    /// finishing does not need a second pass over the file. Lock order: `whole[d]` before `held`.
+    whole: Vec<Mutex<WholeHash>>,
     /// Chunks that arrived although already held.
     resent: AtomicU64,
     failed: Mutex<Option<String>>,
@@ -52,7 +56,58 @@ pub(crate) struct Session {
     _slot: OwnedSemaphorePermit,
 }
 
+/// The in-order prefix of a document hashed so far.
+struct WholeHash {
+    next: u64,
+    hasher: Sha256,
+}
+
 impl Session {
+    fn is_held(&self, d: usize, i: u64) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(d)
+            .and_then(|h| h.get(i as usize))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Feeds the whole-document hash: chunk `i` from memory if it is next, then every chunk
+    /// already held after it from the file (out-of-order arrivals, or a resume). Blocking.
+    fn advance(&self, d: usize, i: u64, data: Option<&[u8]>, file: &File) -> std::io::Result<()> {
+        let m = &self.manifest;
+        let Some(doc) = m.documents.get(d) else { return Ok(()) };
+        let Some(slot) = self.whole.get(d) else { return Ok(()) };
+        let mut w = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(data) = data
+            && w.next == i
+        {
+            w.hasher.update(data);
+            w.next += 1;
+        }
+        let n = doc.chunks(m.chunk_size);
+        let mut buf = Vec::new();
+        while w.next < n && self.is_held(d, w.next) {
+            let (start, len) = chunk_range(doc.size, m.chunk_size, w.next);
+            blobs::read_at(file, &mut buf, start, len)?;
+            w.hasher.update(&buf);
+            w.next += 1;
+        }
+        Ok(())
+    }
+
+    /// The whole-document SHA-256 (hex), hashing from the file whatever is not hashed yet.
+    fn whole_sha256(&self, d: usize, file: &File) -> std::io::Result<String> {
+        self.advance(d, u64::MAX, None, file)?;
+        let w = self.whole[d].lock().unwrap_or_else(PoisonError::into_inner);
+        let n = self.manifest.documents[d].chunks(self.manifest.chunk_size);
+        if w.next < n {
+            return Err(std::io::Error::other("document incomplete"));
+        }
+        Ok(hex::encode(w.hasher.clone().finalize()))
+    }
+
     fn all_held(&self) -> bool {
         self.held
             .lock()
@@ -389,6 +444,14 @@ async fn open_session(
         peer,
         manifest: m,
         files,
+        whole: (0..held.len())
+            .map(|_| {
+                Mutex::new(WholeHash {
+                    next: 0,
+                    hasher: Sha256::new(),
+                })
+            })
+            .collect(),
         held: Mutex::new(held),
         resent: AtomicU64::new(0),
         failed: Mutex::new(None),
@@ -430,18 +493,22 @@ async fn finish(engine: &Arc<Engine>, session: &Arc<Session>, manifest_bytes: &[
             signature: r.signature.clone(),
         });
     }
-    let (m, id, complete) = (session.manifest.clone(), session.id.clone(), rec.docs_complete.clone());
+    let (s, complete) = (session.clone(), rec.docs_complete.clone());
     let checked = tokio::task::spawn_blocking(move || {
+        let (m, id) = (&s.manifest, &s.id);
         for (i, d) in m.documents.iter().enumerate() {
             if complete.get(i).copied().unwrap_or(false) {
                 continue;
             }
-            let part = blobs.incoming_doc(&id, i, &d.file_name, true);
-            let (sha, _, len) = blobs::hash_file(&part, 0).map_err(|e| e.to_string())?;
-            if sha != d.sha256 || len != d.size {
+            let part = blobs.incoming_doc(id, i, &d.file_name, true);
+            let Some(file) = s.files.get(i).cloned().flatten() else {
+                return Err(format!("document {} has no partial file", d.id));
+            };
+            let sha = s.whole_sha256(i, &file).map_err(|e| e.to_string())?;
+            if sha != d.sha256 {
                 return Err(format!("document {} failed its SHA-256 check", d.id));
             }
-            std::fs::rename(&part, blobs.incoming_doc(&id, i, &d.file_name, false)).map_err(|e| e.to_string())?;
+            std::fs::rename(&part, blobs.incoming_doc(id, i, &d.file_name, false)).map_err(|e| e.to_string())?;
         }
         Ok(())
     })
@@ -616,26 +683,30 @@ async fn on_chunk(
     let s = session.clone();
     let (frame, result) = tokio::task::spawn_blocking(move || {
         let doc = &s.manifest.documents[d as usize];
-        let r = if chunk_matches(doc, u64::from(i), &frame[8..]) {
-            file.write_all_at(&frame[8..], offset)
-                .map_err(|e| format!("writing: {e}"))
-        } else {
-            Err(format!("chunk {i} of document {} failed verification", doc.id))
-        };
+        if !chunk_matches(doc, u64::from(i), &frame[8..]) {
+            let why = format!("chunk {i} of document {} failed verification", doc.id);
+            return (frame, Err(why));
+        }
+        if let Err(e) = file.write_all_at(&frame[8..], offset) {
+            return (frame, Err(format!("writing: {e}")));
+        }
+        if let Some(slot) = s
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(d as usize)
+            .and_then(|h| h.get_mut(i as usize))
+        {
+            *slot = true;
+        }
+        let r = s
+            .advance(d as usize, u64::from(i), Some(&frame[8..]), &file)
+            .map_err(|e| format!("reading back: {e}"));
         (frame, r)
     })
     .await
     .map_err(|e| e.to_string())?;
     result?;
-    if let Some(slot) = session
-        .held
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get_mut(d as usize)
-        .and_then(|h| h.get_mut(i as usize))
-    {
-        *slot = true;
-    }
     Ok((frame, d, i, len as u64, true))
 }
 

@@ -398,9 +398,9 @@ async fn data_stream(
         wr.close().await.map_err(|e| format!("closing: {e}"))?;
         Ok::<_, String>(())
     };
-    let (sent_result, acks) = tokio::join!(send, acks);
-    sent_result?;
-    acks
+    // The first error ends both halves: a recipient that stopped reading must not leave the
+    // writer blocked on a full window.
+    futures::future::try_join(send, acks).await.map(|_| ())
 }
 
 fn mark_acked(engine: &Engine, id: &str, m: &Manifest, doc: usize, index: usize) {
