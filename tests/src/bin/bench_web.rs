@@ -1,6 +1,6 @@
 //! bench_web: firma-web measured from outside, as its clients see it.
 //!
-//! Usage: bench_web [--reloads N] [--clients N,N,..] [--churn-secs S] [--peers N]
+//! Usage: bench_web [--reloads N] [--clients N,N,..] [--churn-secs S] [--peers N] [--pace-ms MS]
 //! (build release binaries first: `cargo build --release -p firma-daemon -p firma-web`, then
 //! `cargo run --release -p firma-tests --bin bench_web`).
 //!
@@ -31,6 +31,8 @@ struct Args {
     clients: Vec<usize>,
     churn: Duration,
     peers: usize,
+    /// Pause between a peer's connect/disconnect rounds; zero churns as fast as the daemon goes.
+    pace: Duration,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -39,6 +41,7 @@ fn parse_args() -> anyhow::Result<Args> {
         clients: vec![100, 1000],
         churn: Duration::from_secs(10),
         peers: 4,
+        pace: Duration::ZERO,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -48,7 +51,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--clients" => a.clients = v.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--churn-secs" => a.churn = Duration::from_secs(v.parse::<u64>()?.max(1)),
             "--peers" => a.peers = v.parse::<usize>()?.max(1),
-            _ => bail!("usage: bench_web [--reloads N] [--clients N,N] [--churn-secs S] [--peers N]"),
+            "--pace-ms" => a.pace = Duration::from_millis(v.parse()?),
+            _ => bail!("usage: bench_web [--reloads N] [--clients N,N] [--churn-secs S] [--peers N] [--pace-ms MS]"),
         }
     }
     Ok(a)
@@ -138,7 +142,13 @@ struct ClientReport {
     resyncs: u64,
 }
 
-async fn bench_fanout(daemon: &Daemon, peers: &[Daemon], n: usize, churn: Duration) -> anyhow::Result<()> {
+async fn bench_fanout(
+    daemon: &Daemon,
+    peers: &[Daemon],
+    n: usize,
+    churn: Duration,
+    pace: Duration,
+) -> anyhow::Result<()> {
     let web = Web::spawn(WebOpts::new(&format!("bench-fanout-{n}"), daemon.socket())).await?;
     let pid = web.pid().context("web not running")?;
     let rss_before = rss_kib(pid)?;
@@ -220,6 +230,9 @@ async fn bench_fanout(daemon: &Daemon, peers: &[Daemon], n: usize, churn: Durati
                     !connected().await
                 })
                 .await?;
+                if !pace.is_zero() {
+                    tokio::time::sleep(pace).await;
+                }
             }
             anyhow::Ok(())
         }));
@@ -244,8 +257,13 @@ async fn bench_fanout(daemon: &Daemon, peers: &[Daemon], n: usize, churn: Durati
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let daemon_events = head_after - head_before;
+    let paced = if pace.is_zero() {
+        "as fast as it goes".to_owned()
+    } else {
+        format!("paced {pace:?}")
+    };
     println!(
-        "fan-out to {n} /ws clients: {daemon_events} daemon events in {elapsed:.1} s ({:.0}/s), {events} delivered \
+        "fan-out to {n} /ws clients (churn {paced}): {daemon_events} daemon events in {elapsed:.1} s ({:.0}/s), {events} delivered \
          ({:.0}/s); latency daemon event -> client p50 {} ms, p99 {} ms, max {} ms; {resyncs} resyncs; \
          web RSS {} KiB -> {} KiB ({:.1} KiB per client)",
         daemon_events as f64 / elapsed,
@@ -268,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
     bench_reloads(&daemon, args.reloads).await?;
     let peers = spawn_many("bench-web-peer", args.peers).await?;
     for &n in &args.clients {
-        bench_fanout(&daemon, &peers, n, args.churn).await?;
+        bench_fanout(&daemon, &peers, n, args.churn, args.pace).await?;
     }
     Ok(())
 }
