@@ -125,7 +125,8 @@ pub fn load(flags: &Flags) -> anyhow::Result<Config> {
     let mut fig = Figment::from(Serialized::defaults(Config::default()))
         .merge(Toml::file(&file))
         .merge(Env::prefixed("FIRMA_").split("__").filter(|k| {
-            let top = k.as_str().split("__").next().unwrap_or_default().to_ascii_lowercase();
+            // figment has already turned `__` into `.` when the filter runs.
+            let top = k.as_str().split('.').next().unwrap_or_default().to_ascii_lowercase();
             CONFIG_KEYS.contains(&top.as_str())
         }))
         .merge(Serialized::defaults(flags));
@@ -193,6 +194,21 @@ mod tests {
         assert!(!c.network.mdns);
         assert_eq!(c.network.listen, vec!["/ip4/127.0.0.1/tcp/0".to_owned()]);
         assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn nested_environment_keys_reach_the_config() {
+        // figment's Jail serialises tests that touch the process environment and restores it.
+        let flags = Flags::try_parse_from(["firma-transportd", "--config", "/dev/null"]).unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FIRMA_NETWORK__RETRY__MAX_ATTEMPTS", "7");
+            jail.set_env("FIRMA_STATE_DIR", "/tmp/from-env");
+            jail.set_env("FIRMA_WEB_LISTEN", "127.0.0.1:1");
+            let c = load(&flags).map_err(|e| e.to_string())?;
+            assert_eq!(c.network.retry.max_attempts, 7);
+            assert_eq!(c.state_dir, PathBuf::from("/tmp/from-env"));
+            Ok(())
+        });
     }
 
     #[test]
