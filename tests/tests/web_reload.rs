@@ -78,6 +78,8 @@ async fn twenty_reloads_refuse_no_connection() -> anyhow::Result<()> {
     assert_eq!(failed + not_ok, 0, "requests failed during reloads: {errors:?}");
     assert!(ok > 20, "the poller hardly ran: {ok}");
     assert_eq!(a.pid(), daemon_pid, "the daemon must not be touched");
+    // A login link is logged at the first start only, not at each reload.
+    assert_eq!(web.log().matches("sign in from a browser").count(), 1, "{}", web.log_tail());
     Ok(())
 }
 

@@ -27,6 +27,9 @@ pub struct WebConfig {
     pub ws_queue: usize,
     /// Most WebSocket clients (both sockets together); more are answered 503.
     pub max_ws_clients: usize,
+    /// This start is our own re-execution for a reload (not a first start, whether or not a
+    /// supervisor handed us the socket): no new login link is logged then.
+    pub reexecuted: bool,
 }
 
 impl WebConfig {

@@ -78,7 +78,7 @@ pub fn login_url(addr: SocketAddr, nonce: &str) -> String {
 }
 
 /// Serve until SIGUSR2, SIGTERM or SIGINT (or `shutdown` triggered by the caller), then drain.
-/// `inherited` is the socket from `LISTEN_FDS`, if this start is a reload; `reload_exe` the binary
+/// `inherited` is the socket from `LISTEN_FDS` (a reload's or a supervisor's); `reload_exe` the binary
 /// a reload will execute (checked before a SIGUSR2 stops anything).
 pub async fn run(
     config: WebConfig,
@@ -87,7 +87,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<Outcome> {
     let signals = reload::watch_signals(shutdown.clone(), reload_exe)?;
-    let reloaded = inherited.is_some();
+    let reloaded = config.reexecuted;
     let listener = match inherited {
         Some(l) => {
             l.set_nonblocking(true)

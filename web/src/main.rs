@@ -97,6 +97,7 @@ fn config(a: ServeArgs) -> anyhow::Result<WebConfig> {
         ws_ping_interval: Duration::from_millis(a.ws_ping_interval_ms),
         ws_queue: a.ws_queue,
         max_ws_clients: a.max_ws_clients,
+        reexecuted: std::env::var_os(reload::REEXEC_ENV).is_some(),
     })
 }
 

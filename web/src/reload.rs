@@ -20,6 +20,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::state::Shutdown;
 
+/// Set for the new image of a reload, so it can tell itself from a first start (a supervisor's
+/// socket activation passes `LISTEN_FDS` too).
+pub const REEXEC_ENV: &str = "FIRMA_WEB_REEXEC";
+
 /// `SD_LISTEN_FDS_START`: the first inherited fd, by the systemd convention listenfd follows.
 const LISTEN_FD: i32 = 3;
 
@@ -107,6 +111,7 @@ pub fn reexec(handoff: &Handoff, listener: OwnedFd) -> anyhow::Error {
         .args(&handoff.args)
         .env("LISTEN_FDS", "1")
         .env("LISTEN_PID", pid)
+        .env(REEXEC_ENV, "1")
         .env_remove("LISTEN_FDNAMES")
         .exec();
     anyhow::anyhow!("cannot re-execute {} for reload: {err}", handoff.exe.display())
