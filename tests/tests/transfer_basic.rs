@@ -215,13 +215,34 @@ async fn send_keeps_following_across_a_daemon_restart() -> anyhow::Result<()> {
     let path = doc.path.display().to_string();
     let child = firma_tests::transfer::spawn_cli(&a, &["--json", "send", b.peer_id(), &path])?;
 
-    // Once the transfer moves, the sending daemon goes away and comes back.
+    // While firmactl streams the file in, the daemon is killed: the upload must resume at the
+    // offset the daemon kept (its partial upload file shows how far it got).
+    let uploads = a.state_dir().join("blobs").join("uploads");
+    let upload_size = || -> u64 {
+        std::fs::read_dir(&uploads)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "part"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    };
+    firma_tests::wait_for(BIG_DEADLINE, "the upload to be under way", || async {
+        upload_size() > 20 * MIB
+    })
+    .await?;
+    a.kill9().await?;
+    a.start().await?;
+
+    // Once the transfer moves, the sending daemon goes away again.
     let (moving, _) = firma_tests::wait_for_value(BIG_DEADLINE, "the transfer to move", || async {
         firma_tests::transfer::transfers(&a, TransferFilter::Outgoing)
             .await
             .ok()?
             .into_iter()
-            .find(|t| t.bytes_done > 0)
+            .find(|t| t.bytes_done > 0 && !t.state.is_final())
     })
     .await?;
     a.kill9().await?;
@@ -244,6 +265,7 @@ async fn send_keeps_following_across_a_daemon_restart() -> anyhow::Result<()> {
         v["id"] == moving.id.as_str() && v["state"] == "delivered",
         "send printed {v}"
     );
-    ensure!(stderr.contains("reconnected"), "no reconnect notice: {stderr}");
+    ensure!(stderr.matches("reconnected").count() >= 2, "not two reconnects: {stderr}");
+    ensure!(!stderr.contains("starting it again"), "the upload started over instead of resuming: {stderr}");
     Ok(())
 }
