@@ -197,6 +197,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
     fn nested_environment_keys_reach_the_config() {
         // figment's Jail serialises tests that touch the process environment and restores it.
         let flags = Flags::try_parse_from(["firma-transportd", "--config", "/dev/null"]).unwrap();
