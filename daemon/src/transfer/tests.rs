@@ -496,3 +496,144 @@ async fn a_sender_restarted_mid_transfer_resumes_from_its_outbox() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A bare libp2p node that speaks only upstream's v1 protocol, as an upstream peer would.
+struct V1Peer {
+    peer_id: libp2p::PeerId,
+    control: libp2p_stream::Control,
+    incoming: libp2p_stream::IncomingStreams,
+    task: JoinHandle<()>,
+}
+
+impl V1Peer {
+    /// Starts the node and connects it to `dial` before returning.
+    async fn start(dial: libp2p::Multiaddr) -> V1Peer {
+        use futures::StreamExt;
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+        swarm.dial(dial).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !matches!(
+                swarm.select_next_some().await,
+                libp2p::swarm::SwarmEvent::ConnectionEstablished { .. }
+            ) {}
+        })
+        .await
+        .expect("the v1 peer connects");
+        let peer_id = *swarm.local_peer_id();
+        let mut control = swarm.behaviour().new_control();
+        let incoming = control.accept(super::PROTOCOL_V1).unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+        V1Peer {
+            peer_id,
+            control,
+            incoming,
+            task,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_v1_transfers_are_received_checked_and_sent() {
+    use base64::Engine as _;
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let b = Daemon::start(dir.path(), "b", InboxPolicy::Accept).await;
+    let cb = b.client().await;
+    let b_status = cb.client.status(ctx(CALL)).await.unwrap().unwrap();
+    let b_peer: libp2p::PeerId = b_status.peer_id.parse().unwrap();
+    let mut js = V1Peer::start(b_status.listen_addrs[0].parse().unwrap()).await;
+
+    // Upstream's shape, with a hostile name and a hash that matches.
+    let pdf = pseudo_random(200_000, 9);
+    let msg = serde_json::json!({
+        "transferId": "V1StGXR8_Z5jdHi6B-myT",
+        "documents": [{
+            "id": "doc-1", "fileName": "../../x<img onerror=alert(1)>", "mimeType": "application/pdf",
+            "size": pdf.len(), "hash": hex::encode(Sha256::digest(&pdf)),
+            "data": base64::engine::general_purpose::STANDARD.encode(&pdf), "metadata": {}
+        }],
+        "sender": {"senderId": "someone-else", "name": "P2P Node", "transport": "p2p",
+                   "timestamp": 1764201600000u64, "verificationStatus": "verified"},
+        "options": {}
+    });
+    let mut s = js.control.open_stream(b_peer, super::PROTOCOL_V1).await.unwrap();
+    s.write_all(msg.to_string().as_bytes()).await.unwrap();
+    s.close().await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&answer).unwrap(),
+        serde_json::json!({"success": true})
+    );
+    let got = get(&cb, "V1StGXR8_Z5jdHi6B-myT").await.unwrap();
+    assert_eq!(got.state, TransferState::Received);
+    assert_eq!(
+        got.peer_id,
+        js.peer_id.to_string(),
+        "the sender comes from the connection, not the JSON"
+    );
+    assert_eq!(got.protocol, "/firma-sign/transfer/1.0.0");
+    assert_eq!(download(&cb, &got.id, "doc-1").await, pdf);
+
+    // A wrong hash is refused with upstream's error shape, and nothing is recorded.
+    let mut bad = msg.clone();
+    bad["transferId"] = "other".into();
+    bad["documents"][0]["hash"] = "0".repeat(64).into();
+    let mut s = js.control.open_stream(b_peer, super::PROTOCOL_V1).await.unwrap();
+    s.write_all(bad.to_string().as_bytes()).await.unwrap();
+    s.close().await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["success"], false);
+    assert!(answer["error"].as_str().unwrap().contains("hash"));
+    assert!(get(&cb, "other").await.is_none());
+
+    // Sending to it: the daemon finds v2 unsupported and speaks v1.
+    let d = upload(&cb, "reply.pdf", &pdf[..1000]).await;
+    let sent = send_one(&cb, &js.peer_id.to_string(), vec![d]).await;
+    let (_, mut stream) = tokio::time::timeout(Duration::from_secs(30), js.incoming.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["transferId"], sent.id.as_str());
+    assert_eq!(v["sender"]["senderId"], b_status.peer_id.as_str());
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(v["documents"][0]["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(data, &pdf[..1000]);
+    assert_eq!(
+        v["documents"][0]["hash"],
+        hex::encode(Sha256::digest(&pdf[..1000])).as_str()
+    );
+    stream.write_all(br#"{"success":true}"#).await.unwrap();
+    stream.close().await.unwrap();
+    let done = wait_for("the v1 delivery", Duration::from_secs(30), || async {
+        get(&cb, &sent.id).await.filter(|t| t.state == TransferState::Delivered)
+    })
+    .await;
+    assert_eq!(done.protocol, "/firma-sign/transfer/1.0.0");
+    js.task.abort();
+    drop(cb);
+    b.stop().await;
+}
