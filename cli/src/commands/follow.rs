@@ -173,3 +173,118 @@ pub fn failure(info: &TransferInfo) -> Option<CliError> {
         format!("transfer {} {}", info.id, describe_state(info)),
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use firma_ipc::event::EventEnvelope;
+    use firma_ipc::transfer::TransferDirection;
+
+    use super::*;
+    use crate::commands::transfer::tests::transfer;
+
+    fn batch(events: Vec<Event>, first_seq: u64, head: u64, resync: bool, instance: u64) -> EventBatch {
+        EventBatch {
+            events: events
+                .into_iter()
+                .enumerate()
+                .map(|(i, event)| EventEnvelope {
+                    seq: first_seq + i as u64,
+                    at_ms: 1,
+                    event,
+                })
+                .collect(),
+            head,
+            resync,
+            instance,
+        }
+    }
+
+    fn progress(id: &str, done: u64) -> Event {
+        Event::TransferProgress {
+            id: id.into(),
+            bytes_done: done,
+            bytes_total: 2048,
+            rate_bps: 100,
+        }
+    }
+
+    fn updated(id: &str, state: TransferState) -> Event {
+        Event::TransferUpdated {
+            id: id.into(),
+            direction: TransferDirection::Outgoing,
+            state,
+            peer_id: "P".into(),
+        }
+    }
+
+    #[test]
+    fn events_of_this_transfer_move_it_and_others_are_ignored() {
+        let mut info = transfer("T", TransferState::Pending);
+        let mut c = Cursor {
+            after: 10,
+            instance: None,
+            generation: 0,
+        };
+        let b = batch(
+            vec![
+                updated("T", TransferState::Sending),
+                progress("other", 9),
+                progress("T", 1500),
+            ],
+            11,
+            13,
+            false,
+            7,
+        );
+        assert!(!apply(&mut c, &b, 0, "T", &mut info), "nothing to re-read");
+        assert_eq!(
+            (info.state, info.bytes_done, c.after),
+            (TransferState::Sending, 1500, 13)
+        );
+        // A final state is re-read for its error or receipt.
+        let b = batch(vec![updated("T", TransferState::Delivered)], 14, 14, false, 7);
+        assert!(apply(&mut c, &b, 0, "T", &mut info));
+        assert_eq!(info.state, TransferState::Delivered);
+    }
+
+    #[test]
+    fn gaps_in_the_stream_lead_to_a_fresh_read() {
+        let mut info = transfer("T", TransferState::Sending);
+        let mut c = Cursor {
+            after: 10,
+            instance: Some(7),
+            generation: 0,
+        };
+        // A quiet poll: the state is read again, in case an event was missed.
+        assert!(apply(&mut c, &batch(vec![], 0, 10, false, 7), 0, "T", &mut info));
+        // The daemon restarted (another instance): continue from its head.
+        assert!(apply(
+            &mut c,
+            &batch(vec![progress("T", 5)], 1, 3, false, 8),
+            0,
+            "T",
+            &mut info
+        ));
+        assert_eq!(c.after, 3);
+        assert_eq!(info.bytes_done, 1024, "events across the gap are not trusted");
+        // A reconnect (new generation) and a resync flag do the same.
+        assert!(apply(&mut c, &batch(vec![], 0, 3, false, 8), 1, "T", &mut info));
+        assert!(apply(&mut c, &batch(vec![], 0, 9, true, 8), 1, "T", &mut info));
+        assert_eq!(c.after, 9);
+    }
+
+    #[test]
+    fn failures_become_coded_errors_naming_the_transfer() {
+        let mut info = transfer("T", TransferState::Failed);
+        info.error = Some("rejected by the recipient: wrong contract".into());
+        let e = failure(&info).unwrap();
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        assert!(
+            e.to_string()
+                .contains("transfer T failed (rejected by the recipient: wrong contract)"),
+            "{e}"
+        );
+        info.state = TransferState::Delivered;
+        assert!(failure(&info).is_none());
+    }
+}
