@@ -1,5 +1,6 @@
-//! The daemon's durable state in LMDB: peers, connection history, the audit log and a config
-//! cache. The only module that imports heed; everything leaves it as plain records or wire types.
+//! The daemon's durable state in LMDB: peers, connection history, the audit log, a config
+//! cache and document transfers (transfers.rs). The only module that imports heed; everything
+//! leaves it as plain records or wire types.
 //!
 //! Who does what:
 //! - `Store` (here): open, status and reads. All methods are blocking; async callers use

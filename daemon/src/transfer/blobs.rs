@@ -106,6 +106,29 @@ impl Blobs {
         self.incoming_dir(transfer).join(name)
     }
 
+    /// Removes uploads and staged documents untouched for `max_age` (abandoned by their client).
+    /// Transfers hold their own links, so this never takes bytes a transfer still needs.
+    pub fn prune(&self, max_age: std::time::Duration) -> usize {
+        let mut removed = 0;
+        for sub in ["uploads", "staged"] {
+            let Ok(dir) = fs::read_dir(self.root.join(sub)) else {
+                continue;
+            };
+            for entry in dir.filter_map(Result::ok) {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > max_age);
+                if old && fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// Uploads currently open (bounded by the caller).
     pub fn open_uploads(&self) -> usize {
         fs::read_dir(self.root.join("uploads"))

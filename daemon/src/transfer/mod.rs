@@ -49,6 +49,8 @@ pub use wire::{PROTOCOL_V1, PROTOCOL_V2};
 
 /// Progress events per transfer at most this often (~4/s).
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Uploads and staged documents not touched for this long are removed at start.
+const STAGED_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Streams handled at once per transfer slot (control + data streams + slack).
 const STREAMS_PER_SLOT: usize = 20;
 
@@ -167,10 +169,17 @@ impl Running {
 pub async fn start(parts: EngineParts, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let blobs = Blobs::new(&parts.state_dir);
     let b = blobs.clone();
-    tokio::task::spawn_blocking(move || b.prepare())
-        .await
-        .map_err(|e| anyhow::anyhow!("blob directory task: {e}"))?
-        .map_err(|e| anyhow::anyhow!("preparing the blob store under {}: {e}", blobs.root().display()))?;
+    tokio::task::spawn_blocking(move || {
+        b.prepare()?;
+        let pruned = b.prune(STAGED_MAX_AGE);
+        if pruned > 0 {
+            tracing::info!(pruned, "removed abandoned uploads and staged documents");
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("blob directory task: {e}"))?
+    .map_err(|e| anyhow::anyhow!("preparing the blob store under {}: {e}", blobs.root().display()))?;
     let mut streams = parts.streams;
     let v2 = streams
         .accept(PROTOCOL_V2)
