@@ -1,6 +1,6 @@
 //! Helpers for the operations suites (`ops_*`): `scripts/dev.sh` as a supervised child in a copy
-//! of the checkout, processes found by an environment marker, a minimal HTTP client for
-//! firma-web, the control API on a bare socket path, and readers for unit files and plists.
+//! of the checkout, processes found by an environment marker, the control API on a bare socket
+//! path, and readers for unit files and plists. HTTP to firma-web goes through [`crate::web::http`].
 //!
 //! dev.sh is never run on the real checkout: a test edits files under `web/` to trigger a
 //! reload, so it runs in a [`RepoCopy`] that disappears on Drop, sharing the real target dir so
@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -22,15 +21,10 @@ use firma_ipc::types::{ConnectOutcome, PeerFilter, PeerInfo, Role, Status};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::harness::{clear_firma_env, flatten};
 use crate::wait::{POLL, wait_for};
 
-/// Largest HTTP response read; firma-web's JSON answers are far smaller.
-const MAX_HTTP_RESPONSE: u64 = 4 * 1024 * 1024;
-/// One HTTP exchange with firma-web, connect to last byte.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a dev.sh left running by a failed test gets to stop after SIGINT, in Drop.
 const DROP_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lines of dev.sh's output printed when it is dropped.
@@ -61,11 +55,19 @@ impl RepoCopy {
             .output()
             .with_context(|| format!("running git ls-files in {} (is git installed?)", root.display()))?;
         if !out.status.success() {
-            bail!("git ls-files in {} failed: {}", root.display(), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "git ls-files in {} failed: {}",
+                root.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let dir = tempfile::Builder::new().prefix("firma-ops-").tempdir()?;
-        let files: BTreeSet<&str> =
-            out.stdout.split(|b| *b == 0).filter_map(|p| std::str::from_utf8(p).ok()).filter(|p| !p.is_empty()).collect();
+        let files: BTreeSet<&str> = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter_map(|p| std::str::from_utf8(p).ok())
+            .filter(|p| !p.is_empty())
+            .collect();
         for rel in files {
             let src = root.join(rel);
             // Listed by git but deleted in the working tree: nothing to copy.
@@ -96,7 +98,27 @@ impl RepoCopy {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Give the workspace's own crates a profile of their own in this copy, so that cargo keeps
+    /// their artifacts and fingerprints apart from the real checkout's in the shared target dir
+    /// (it tells packages apart by their path relative to the workspace, which a copy shares, and
+    /// by their profile). Without this, a build here could leave the real checkout's fingerprints
+    /// claiming up to date for sources edited there meanwhile. Dependencies stay shared.
+    pub fn separate_workspace_artifacts(&self) -> anyhow::Result<()> {
+        let dir = self.path().join(".cargo");
+        fs::create_dir_all(&dir)?;
+        let path = dir.join("config.toml");
+        let mut text = fs::read_to_string(&path).unwrap_or_default();
+        for member in WORKSPACE_PACKAGES {
+            // 255 instead of the default 256: any difference gives the package its own hash.
+            text.push_str(&format!("\n[profile.dev.package.{member}]\ncodegen-units = 255\n"));
+        }
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    }
 }
+
+/// The packages of the workspace (see the root Cargo.toml).
+const WORKSPACE_PACKAGES: [&str; 5] = ["firma-ipc", "firma-daemon", "firma-web", "firmactl", "firma-tests"];
 
 /// A process seen in `/proc`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,20 +134,33 @@ pub struct Proc {
 pub fn processes_with_env(key: &str, value: &str) -> Vec<Proc> {
     let needle = format!("{key}={value}");
     let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else { return found };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(env) = fs::read(entry.path().join("environ")) else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = fs::read(entry.path().join("environ")) else {
+            continue;
+        };
         if !env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
             continue;
         }
         let exe = entry.path().join("exe");
         let exe_name = fs::read_link(&exe)
             .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_owned()))
+            .and_then(|p| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_owned())
+            })
             .unwrap_or_default();
         let exe_inode = fs::metadata(&exe).ok().map(|m| m.ino());
-        found.push(Proc { pid, exe_name, exe_inode });
+        found.push(Proc {
+            pid,
+            exe_name,
+            exe_inode,
+        });
     }
     found.sort_by_key(|p| p.pid);
     found
@@ -169,18 +204,30 @@ impl DevSh {
                 cmd.env_remove(k.as_ref());
             }
         }
-        cmd.env("CARGO_TARGET_DIR", shared_target_dir()).env(Self::MARKER, &marker);
+        cmd.env("CARGO_TARGET_DIR", shared_target_dir())
+            .env(Self::MARKER, &marker);
         for (k, v) in env {
             cmd.env(k, v);
         }
         // Its own process group: a Ctrl-C in the terminal running the tests is not dev.sh's.
-        cmd.process_group(0).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         let child = cmd.spawn().context("starting bash scripts/dev.sh")?;
-        Ok(DevSh { child: Some(child), marker, log_path, _log_dir: log_dir })
+        Ok(DevSh {
+            child: Some(child),
+            marker,
+            log_path,
+            _log_dir: log_dir,
+        })
     }
 
     pub fn pid(&self) -> Option<Pid> {
-        self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok()).map(Pid::from_raw)
+        self.child
+            .as_ref()
+            .and_then(|c| i32::try_from(c.id()).ok())
+            .map(Pid::from_raw)
     }
 
     /// Everything dev.sh and its programs printed so far.
@@ -206,7 +253,9 @@ impl DevSh {
 
     /// `Some(status)` once dev.sh has exited (and been reaped).
     pub fn try_exit(&mut self) -> anyhow::Result<Option<ExitStatus>> {
-        let Some(child) = self.child.as_mut() else { bail!("dev.sh was already reaped") };
+        let Some(child) = self.child.as_mut() else {
+            bail!("dev.sh was already reaped")
+        };
         let st = child.try_wait()?;
         if st.is_some() {
             self.child = None;
@@ -222,10 +271,16 @@ impl DevSh {
                 return Ok(start.elapsed());
             }
             if let Some(st) = self.try_exit()? {
-                bail!("dev.sh exited with {st} before printing {needle:?}; its output:\n{}", self.log_tail());
+                bail!(
+                    "dev.sh exited with {st} before printing {needle:?}; its output:\n{}",
+                    self.log_tail()
+                );
             }
             if start.elapsed() >= deadline {
-                bail!("dev.sh did not print {needle:?} within {deadline:?}; its output:\n{}", self.log_tail());
+                bail!(
+                    "dev.sh did not print {needle:?} within {deadline:?}; its output:\n{}",
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(POLL).await;
         }
@@ -244,7 +299,10 @@ impl DevSh {
                 return Ok(st);
             }
             if start.elapsed() >= deadline {
-                bail!("dev.sh did not exit within {deadline:?}; its output:\n{}", self.log_tail());
+                bail!(
+                    "dev.sh did not exit within {deadline:?}; its output:\n{}",
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(POLL).await;
         }
@@ -269,7 +327,11 @@ impl Drop for DevSh {
         for p in processes_with_env(Self::MARKER, &self.marker) {
             let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
         }
-        eprintln!("----- output of dev.sh ({}) -----\n{}", self.log_path.display(), self.log_tail());
+        eprintln!(
+            "----- output of dev.sh ({}) -----\n{}",
+            self.log_path.display(),
+            self.log_tail()
+        );
     }
 }
 
@@ -277,66 +339,6 @@ impl Drop for DevSh {
 pub fn free_loopback_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
-}
-
-/// One HTTP/1.1 GET to `addr` (with `Host: addr`, as a browser on loopback sends): the status
-/// code and the body.
-pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> anyhow::Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n");
-        if let Some(token) = bearer {
-            req.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
-        req.push_str("\r\n");
-        stream.write_all(req.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.take(MAX_HTTP_RESPONSE).read_to_end(&mut raw).await?;
-        parse_http_response(&raw)
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, exchange)
-        .await
-        .with_context(|| format!("GET http://{addr}{path} took longer than {HTTP_TIMEOUT:?}"))?
-}
-
-/// Status code and body of a complete `Connection: close` response (chunked bodies decoded).
-fn parse_http_response(raw: &[u8]) -> anyhow::Result<(u16, String)> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("HTTP response without an end of headers")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .with_context(|| format!("bad HTTP status line in {head:?}"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    if !chunked {
-        return Ok((status, body.to_owned()));
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let (size, after) = rest.split_once("\r\n").context("truncated chunked body")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .with_context(|| format!("bad chunk size {size:?}"))?;
-        if size == 0 {
-            return Ok((status, out));
-        }
-        let chunk = after.get(..size).context("truncated chunk")?;
-        out.push_str(chunk);
-        rest = after.get(size..).and_then(|r| r.strip_prefix("\r\n")).context("chunk without CRLF")?;
-    }
-}
-
-/// `GET path` answered 200, with its JSON body.
-pub async fn http_get_json(addr: SocketAddr, path: &str, bearer: Option<&str>) -> anyhow::Result<serde_json::Value> {
-    let (code, body) = http_get(addr, path, bearer).await?;
-    if code != 200 {
-        bail!("GET http://{addr}{path} answered {code}: {body}");
-    }
-    serde_json::from_str(&body).with_context(|| format!("GET http://{addr}{path} is not JSON: {body}"))
 }
 
 /// The control API of a daemon known only by its socket (one not started by the harness).
@@ -358,20 +360,40 @@ impl SocketApi<'_> {
     }
 
     pub async fn peer(&self, peer_id: &str) -> anyhow::Result<PeerInfo> {
-        flatten(self.client().await?.client.peer(ctx(CALL_TIMEOUT), peer_id.to_owned()).await)
+        flatten(
+            self.client()
+                .await?
+                .client
+                .peer(ctx(CALL_TIMEOUT), peer_id.to_owned())
+                .await,
+        )
     }
 
     pub async fn connect(&self, target: &str) -> anyhow::Result<ConnectOutcome> {
-        flatten(self.client().await?.client.connect(ctx(CALL_TIMEOUT), target.to_owned()).await)
+        flatten(
+            self.client()
+                .await?
+                .client
+                .connect(ctx(CALL_TIMEOUT), target.to_owned())
+                .await,
+        )
     }
 
     /// Events after `after`, without waiting for new ones.
     pub async fn events_after(&self, after: u64) -> anyhow::Result<EventBatch> {
-        flatten(self.client().await?.client.events(ctx(CALL_TIMEOUT), after, 10_000, 0).await)
+        flatten(
+            self.client()
+                .await?
+                .client
+                .events(ctx(CALL_TIMEOUT), after, 10_000, 0)
+                .await,
+        )
     }
 
     pub async fn is_connected_to(&self, peer_id: &str) -> bool {
-        self.peers(PeerFilter::Connected).await.is_ok_and(|ps| ps.iter().any(|p| p.peer_id == peer_id && p.connected))
+        self.peers(PeerFilter::Connected)
+            .await
+            .is_ok_and(|ps| ps.iter().any(|p| p.peer_id == peer_id && p.connected))
     }
 
     pub async fn wait_connected(&self, peer_id: &str, deadline: Duration) -> anyhow::Result<Duration> {
@@ -412,7 +434,11 @@ pub fn parse_unit(text: &str) -> Vec<UnitEntry> {
             continue;
         }
         if let Some((k, v)) = line.split_once('=') {
-            out.push(UnitEntry { section: section.clone(), key: k.trim().to_owned(), value: v.trim().to_owned() });
+            out.push(UnitEntry {
+                section: section.clone(),
+                key: k.trim().to_owned(),
+                value: v.trim().to_owned(),
+            });
         }
     }
     out
@@ -420,18 +446,29 @@ pub fn parse_unit(text: &str) -> Vec<UnitEntry> {
 
 /// Every value of `section`/`key`, in order.
 pub fn unit_values<'a>(entries: &'a [UnitEntry], section: &str, key: &str) -> Vec<&'a str> {
-    entries.iter().filter(|e| e.section == section && e.key == key).map(|e| e.value.as_str()).collect()
+    entries
+        .iter()
+        .filter(|e| e.section == section && e.key == key)
+        .map(|e| e.value.as_str())
+        .collect()
 }
 
 /// A plist file as JSON, read with python3's plistlib (there is no plutil on Linux).
 pub fn read_plist(path: &Path) -> anyhow::Result<serde_json::Value> {
     let out = Command::new("python3")
-        .args(["-c", "import json, plistlib, sys; print(json.dumps(plistlib.load(open(sys.argv[1], 'rb'))))"])
+        .args([
+            "-c",
+            "import json, plistlib, sys; print(json.dumps(plistlib.load(open(sys.argv[1], 'rb'))))",
+        ])
         .arg(path)
         .output()
         .context("running python3 to parse a plist (install python3)")?;
     if !out.status.success() {
-        bail!("{} does not parse as a plist: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{} does not parse as a plist: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     serde_json::from_slice(&out.stdout).with_context(|| format!("plistlib output for {}", path.display()))
 }
@@ -439,15 +476,6 @@ pub fn read_plist(path: &Path) -> anyhow::Result<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn http_bodies_plain_and_chunked() {
-        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
-        assert_eq!(parse_http_response(plain).unwrap(), (200, "{}".to_owned()));
-        let chunked = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_http_response(chunked).unwrap(), (503, "abcde".to_owned()));
-        assert!(parse_http_response(b"HTTP/1.1 200 OK\r\n").is_err());
-    }
 
     #[test]
     fn unit_files_parse_into_sections() {

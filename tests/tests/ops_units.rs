@@ -250,11 +250,10 @@ fn sysusers_and_tmpfiles_make_accounts_and_directories() -> anyhow::Result<()> {
             .lines()
             .find(|l| l.split(':').next() == Some(name))
             .with_context(|| format!("{name} missing:\n{table}"))?;
-        Ok(line
-            .split(':')
+        line.split(':')
             .nth(2)
             .and_then(|id| id.parse().ok())
-            .with_context(|| format!("bad line {line}"))?)
+            .with_context(|| format!("bad line {line}"))
     };
     let firma_uid = id_of(&passwd, "firma")?;
     let firma_gid = id_of(&group, "firma")?;
