@@ -637,9 +637,15 @@ async fn data(engine: &Arc<Engine>, peer: PeerId, mut s: Stream, buf: Vec<u8>) {
                     return;
                 }
             }
-            Err(why) => {
+            Err(ChunkFault::Peer(why)) => {
                 fail(engine, &session, &why).await;
                 let _ = wire::send_msg(&mut wr, Kind::Error, &WireError { reason: why }).await;
+                return;
+            }
+            Err(ChunkFault::Local(why)) => {
+                tracing::warn!(transfer = %session.id, %why, "could not store a chunk; the sender will retry");
+                let reason = format!("the recipient could not store a chunk: {why}");
+                let _ = wire::send_msg(&mut wr, Kind::Error, &WireError { reason }).await;
                 return;
             }
         }
@@ -648,23 +654,36 @@ async fn data(engine: &Arc<Engine>, peer: PeerId, mut s: Stream, buf: Vec<u8>) {
 
 /// Checks one chunk frame against the manifest and writes it; returns the buffer for reuse,
 /// the chunk's position and length, and whether it was new.
+/// Why a chunk was not taken: the peer's fault (the transfer is rejected) or ours (the stream
+/// ends and the sender retries later; nothing is held against it).
+enum ChunkFault {
+    Peer(String),
+    Local(String),
+}
+
 async fn on_chunk(
     _engine: &Arc<Engine>,
     session: &Arc<Session>,
     frame: Vec<u8>,
-) -> Result<(Vec<u8>, u32, u32, u64, bool), String> {
-    let (d, i) = wire::parse_chunk_head(&frame).map_err(|e| e.to_string())?;
+) -> Result<(Vec<u8>, u32, u32, u64, bool), ChunkFault> {
+    let (d, i) = wire::parse_chunk_head(&frame).map_err(|e| ChunkFault::Peer(e.to_string()))?;
     let m = &session.manifest;
     let doc = m
         .documents
         .get(d as usize)
-        .ok_or_else(|| format!("chunk for document {d}, which does not exist"))?;
+        .ok_or_else(|| ChunkFault::Peer(format!("chunk for document {d}, which does not exist")))?;
     if u64::from(i) >= doc.chunks(m.chunk_size) {
-        return Err(format!("chunk {i} of document {} does not exist", doc.id));
+        return Err(ChunkFault::Peer(format!(
+            "chunk {i} of document {} does not exist",
+            doc.id
+        )));
     }
     let (offset, len) = chunk_range(doc.size, m.chunk_size, u64::from(i));
     if frame.len() - 8 != len {
-        return Err(format!("chunk {i} of document {} has the wrong length", doc.id));
+        return Err(ChunkFault::Peer(format!(
+            "chunk {i} of document {} has the wrong length",
+            doc.id
+        )));
     }
     let already = session
         .held
@@ -685,10 +704,10 @@ async fn on_chunk(
         let doc = &s.manifest.documents[d as usize];
         if !chunk_matches(doc, u64::from(i), &frame[8..]) {
             let why = format!("chunk {i} of document {} failed verification", doc.id);
-            return (frame, Err(why));
+            return (frame, Err(ChunkFault::Peer(why)));
         }
         if let Err(e) = file.write_all_at(&frame[8..], offset) {
-            return (frame, Err(format!("writing: {e}")));
+            return (frame, Err(ChunkFault::Local(format!("writing: {e}"))));
         }
         if let Some(slot) = s
             .held
@@ -701,11 +720,11 @@ async fn on_chunk(
         }
         let r = s
             .advance(d as usize, u64::from(i), Some(&frame[8..]), &file)
-            .map_err(|e| format!("reading back: {e}"));
+            .map_err(|e| ChunkFault::Local(format!("reading back: {e}")));
         (frame, r)
     })
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| ChunkFault::Local(e.to_string()))?;
     result?;
     Ok((frame, d, i, len as u64, true))
 }
