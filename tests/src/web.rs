@@ -10,9 +10,13 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use firma_ipc::client::{CALL_TIMEOUT, ctx};
+use firma_ipc::types::{PeerFilter, Role};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rand::RngCore as _;
@@ -22,7 +26,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::harness::clear_firma_env;
+use crate::harness::{clear_firma_env, flatten};
 use crate::wait::{wait_for, wait_for_value};
 
 /// How long a web process gets to start serving.
@@ -257,6 +261,41 @@ impl Drop for Web {
     }
 }
 
+/// How long one connect or disconnect of a churn may take to show.
+pub const CHURN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Make events: through the daemon at `socket`, connect to the peer at `target` (`peer_id`) and
+/// disconnect again, waiting for each to show, until `stop` is set; `pace` is a pause between
+/// rounds (zero: as fast as the daemon goes). Returns the number of rounds.
+pub fn spawn_churn(
+    socket: PathBuf,
+    target: String,
+    peer_id: String,
+    stop: Arc<AtomicBool>,
+    pace: Duration,
+) -> tokio::task::JoinHandle<anyhow::Result<u32>> {
+    tokio::spawn(async move {
+        let conn = firma_ipc::client::connect(&socket, "churn", Role::Operator).await?;
+        let c = &conn.client;
+        let connected = || async {
+            flatten(c.peers(ctx(CALL_TIMEOUT), PeerFilter::Connected).await)
+                .is_ok_and(|p| p.iter().any(|p| p.peer_id == peer_id))
+        };
+        let mut rounds = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            flatten(c.connect(ctx(CALL_TIMEOUT), target.clone()).await).context("churn: connect")?;
+            wait_for(CHURN_TIMEOUT, "the peer to connect", connected).await?;
+            flatten(c.disconnect(ctx(CALL_TIMEOUT), peer_id.clone()).await).context("churn: disconnect")?;
+            wait_for(CHURN_TIMEOUT, "the peer to disconnect", || async { !connected().await }).await?;
+            rounds += 1;
+            if !pace.is_zero() {
+                tokio::time::sleep(pace).await;
+            }
+        }
+        anyhow::Ok(rounds)
+    })
+}
+
 /// The address from the newest `firma-web serving addr=...` line of a log.
 fn serving_addr(log: &str) -> Option<SocketAddr> {
     let line = log.lines().rev().find(|l| l.contains("firma-web serving"))?;
@@ -469,9 +508,25 @@ pub async fn ws_connect(
     path: &str,
     headers: &[(String, String)],
 ) -> Result<WsClient, WsConnectError> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| WsConnectError::Http(HttpError::Connect(e)))?;
+    ws_connect_with(addr, path, headers, None).await
+}
+
+/// `ws_connect` with the client socket's receive buffer set to `recv_buffer` bytes: a small one
+/// plays a slow consumer whose backlog reaches the server quickly.
+pub async fn ws_connect_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(String, String)],
+    recv_buffer: Option<u32>,
+) -> Result<WsClient, WsConnectError> {
+    let connect = async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size)?;
+        }
+        socket.connect(addr).await
+    };
+    let stream = connect.await.map_err(|e| WsConnectError::Http(HttpError::Connect(e)))?;
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     // The server checks the key's form, not its randomness; this is RFC 6455's sample key.

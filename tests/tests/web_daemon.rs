@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use firma_tests::web::{IO_TIMEOUT, Web, WebOpts, http};
+use firma_tests::web::{IO_TIMEOUT, Web, WebOpts, WsMsg, http};
 use firma_tests::{Daemon, DaemonOpts, wait_for};
 
 const DEGRADE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -100,5 +100,23 @@ async fn two_web_processes_share_one_daemon() -> anyhow::Result<()> {
     assert_eq!(status["status"], "online");
     c1.send_text("ping").await?;
     c1.wait_json(IO_TIMEOUT, "pong", |v| v["type"] == "pong").await?;
+
+    // SIGTERM stops one web process gracefully: its clients are told "going away" (1001), it
+    // exits 0, and the other web process and the daemon go on.
+    let mut w2 = w2;
+    let status = w2.stop().await?;
+    assert!(status.success(), "firma-web exited with {status}");
+    let close = tokio::time::timeout(IO_TIMEOUT, async {
+        loop {
+            match c2.recv().await {
+                Ok(WsMsg::Close(code)) => return code,
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await?;
+    assert_eq!(close, Some(1001));
+    assert_eq!(http(w1.addr(), "GET", "/health", &[], None).await?.status, 200);
     Ok(())
 }

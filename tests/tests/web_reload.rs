@@ -7,15 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use firma_ipc::client::{CALL_TIMEOUT, ctx};
-use firma_ipc::types::PeerFilter;
-use firma_tests::harness::flatten;
-use firma_tests::web::{IO_TIMEOUT, Web, WebOpts, WsClient, WsMsg, http};
-use firma_tests::{Daemon, DaemonOpts, wait_for};
+use firma_tests::web::{IO_TIMEOUT, Web, WebOpts, WsClient, WsMsg, http, spawn_churn};
+use firma_tests::{Daemon, DaemonOpts};
 use serde_json::Value;
-
-/// How long one connect or disconnect of the churn may take to show.
-const CHURN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_reloads_refuse_no_connection() -> anyhow::Result<()> {
@@ -79,7 +73,12 @@ async fn twenty_reloads_refuse_no_connection() -> anyhow::Result<()> {
     assert!(ok > 20, "the poller hardly ran: {ok}");
     assert_eq!(a.pid(), daemon_pid, "the daemon must not be touched");
     // A login link is logged at the first start only, not at each reload.
-    assert_eq!(web.log().matches("sign in from a browser").count(), 1, "{}", web.log_tail());
+    assert_eq!(
+        web.log().matches("sign in from a browser").count(),
+        1,
+        "{}",
+        web.log_tail()
+    );
     Ok(())
 }
 
@@ -154,27 +153,14 @@ async fn ws_resumes_gapless_across_reloads_while_peers_churn() -> anyhow::Result
 
     // Peers connect and disconnect the whole time, reloads or not.
     let stop = Arc::new(AtomicBool::new(false));
-    let churn = {
-        let stop = stop.clone();
-        let (a_sock, target, b_id) = (a.socket().to_owned(), b.tcp_addr().await?, b.peer_id().to_owned());
-        tokio::spawn(async move {
-            let conn = firma_ipc::client::connect(&a_sock, "churn", firma_ipc::types::Role::Operator).await?;
-            let c = &conn.client;
-            let connected = || async {
-                flatten(c.peers(ctx(CALL_TIMEOUT), PeerFilter::Connected).await)
-                    .is_ok_and(|p| p.iter().any(|p| p.peer_id == b_id))
-            };
-            let mut rounds = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                flatten(c.connect(ctx(CALL_TIMEOUT), target.clone()).await).context("churn: connect")?;
-                wait_for(CHURN_TIMEOUT, "the peer to connect", connected).await?;
-                flatten(c.disconnect(ctx(CALL_TIMEOUT), b_id.clone()).await).context("churn: disconnect")?;
-                wait_for(CHURN_TIMEOUT, "the peer to disconnect", || async { !connected().await }).await?;
-                rounds += 1;
-            }
-            anyhow::Ok(rounds)
-        })
-    };
+    let target = b.tcp_addr().await?;
+    let churn = spawn_churn(
+        a.socket().to_owned(),
+        target,
+        b.peer_id().to_owned(),
+        stop.clone(),
+        Duration::ZERO,
+    );
     // Fails the test with the churn's own error if it stopped early.
     let check_churn = |churn: &tokio::task::JoinHandle<anyhow::Result<u32>>| {
         if churn.is_finished() {

@@ -27,6 +27,9 @@ pub struct WebConfig {
     pub ws_queue: usize,
     /// Most WebSocket clients (both sockets together); more are answered 503.
     pub max_ws_clients: usize,
+    /// SO_SNDBUF of each client connection, bounding the kernel memory a stalled client pins
+    /// (0 leaves the kernel's autotuning, which grows to several MiB per connection).
+    pub tcp_send_buffer: usize,
     /// This start is our own re-execution for a reload (not a first start, whether or not a
     /// supervisor handed us the socket): no new login link is logged then.
     pub reexecuted: bool,

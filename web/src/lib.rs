@@ -153,7 +153,8 @@ pub async fn run(
     }
 
     let app = routes::router(state.clone());
-    let (listener, fresh) = listener::DrainingListener::new(listener, shutdown.token().clone());
+    let (listener, fresh) =
+        listener::DrainingListener::new(listener, shutdown.token().clone(), state.config.tcp_send_buffer);
     // Told only once the connections already accepted have spoken (see listener.rs).
     let graceful = CancellationToken::new();
     let server = axum::serve(listener, app).with_graceful_shutdown(graceful.clone().cancelled_owned());

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use nix::sys::socket::{setsockopt, sockopt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -57,16 +58,19 @@ pub struct DrainingListener {
     inner: TcpListener,
     stop: CancellationToken,
     fresh: Arc<FreshConnections>,
+    /// SO_SNDBUF for accepted connections (0: the kernel's autotuning, up to several MiB each).
+    send_buffer: usize,
 }
 
 impl DrainingListener {
-    pub fn new(inner: TcpListener, stop: CancellationToken) -> (Self, Arc<FreshConnections>) {
+    pub fn new(inner: TcpListener, stop: CancellationToken, send_buffer: usize) -> (Self, Arc<FreshConnections>) {
         let fresh = Arc::new(FreshConnections::default());
         (
             Self {
                 inner,
                 stop,
                 fresh: fresh.clone(),
+                send_buffer,
             },
             fresh,
         )
@@ -88,6 +92,11 @@ impl axum::serve::Listener for DrainingListener {
             match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
+                    if self.send_buffer > 0 {
+                        // Bounds the kernel memory a client that stops reading can pin: past it, the
+                        // client's task blocks and its queue overflows into a resync instead.
+                        let _ = setsockopt(&stream, sockopt::SndBuf, &self.send_buffer);
+                    }
                     self.fresh.count.fetch_add(1, Ordering::AcqRel);
                     return (
                         TrackedStream {
@@ -175,7 +184,7 @@ mod tests {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let (mut l, fresh) = DrainingListener::new(tcp, stop.clone());
+        let (mut l, fresh) = DrainingListener::new(tcp, stop.clone(), 64 * 1024);
         let mut client = TcpStream::connect(addr).await.unwrap();
         let (mut server, _) = l.accept().await;
         assert_eq!(fresh.count.load(Ordering::Acquire), 1);

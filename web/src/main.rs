@@ -69,6 +69,9 @@ struct ServeArgs {
     /// Most WebSocket clients at once.
     #[arg(long, default_value_t = 4096)]
     max_ws_clients: usize,
+    /// Kernel send buffer per client connection, in bytes (0: the kernel's autotuning).
+    #[arg(long, default_value_t = 256 * 1024)]
+    tcp_send_buffer: usize,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +100,7 @@ fn config(a: ServeArgs) -> anyhow::Result<WebConfig> {
         ws_ping_interval: Duration::from_millis(a.ws_ping_interval_ms),
         ws_queue: a.ws_queue,
         max_ws_clients: a.max_ws_clients,
+        tcp_send_buffer: a.tcp_send_buffer,
         reexecuted: std::env::var_os(reload::REEXEC_ENV).is_some(),
     })
 }

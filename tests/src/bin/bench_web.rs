@@ -17,11 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use firma_ipc::client::{CALL_TIMEOUT, ctx};
-use firma_ipc::types::{PeerFilter, Role};
-use firma_tests::harness::{flatten, spawn_many};
-use firma_tests::web::{IO_TIMEOUT, Web, WebOpts, WsMsg, http};
-use firma_tests::{Daemon, DaemonOpts, wait_for};
+use firma_tests::harness::spawn_many;
+use firma_tests::web::{IO_TIMEOUT, Web, WebOpts, WsMsg, http, spawn_churn};
+use firma_tests::{Daemon, DaemonOpts};
 use hdrhistogram::Histogram;
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
@@ -205,37 +203,18 @@ async fn bench_fanout(
     let rss_after = rss_kib(pid)?;
     let head_before = daemon.status().await?.event_head;
 
-    // Churn: each peer connects and disconnects as fast as the daemon completes it.
+    // Churn: each peer connects and disconnects as fast as the daemon completes it (or paced).
     let stop = Arc::new(AtomicBool::new(false));
     let mut churners = Vec::new();
     for p in peers {
-        let (sock, target, id, stop) = (
+        let target = p.tcp_addr().await?;
+        churners.push(spawn_churn(
             daemon.socket().to_owned(),
-            p.tcp_addr().await?,
+            target,
             p.peer_id().to_owned(),
             stop.clone(),
-        );
-        churners.push(tokio::spawn(async move {
-            let conn = firma_ipc::client::connect(&sock, "bench-churn", Role::Operator).await?;
-            let c = &conn.client;
-            let connected = || async {
-                flatten(c.peers(ctx(CALL_TIMEOUT), PeerFilter::Connected).await)
-                    .is_ok_and(|ps| ps.iter().any(|x| x.peer_id == id))
-            };
-            while !stop.load(Ordering::Relaxed) {
-                flatten(c.connect(ctx(CALL_TIMEOUT), target.clone()).await)?;
-                wait_for(Duration::from_secs(10), "churn connect", connected).await?;
-                flatten(c.disconnect(ctx(CALL_TIMEOUT), id.clone()).await)?;
-                wait_for(Duration::from_secs(10), "churn disconnect", || async {
-                    !connected().await
-                })
-                .await?;
-                if !pace.is_zero() {
-                    tokio::time::sleep(pace).await;
-                }
-            }
-            anyhow::Ok(())
-        }));
+            pace,
+        ));
     }
     let t0 = Instant::now();
     tokio::time::sleep(churn).await;
