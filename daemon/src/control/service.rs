@@ -115,7 +115,8 @@ impl Control for ControlService {
     }
 
     async fn status(self, _: Context) -> Result<Status, IpcError> {
-        let peers = self.core.read(|s| s.list_peers()).await.unwrap_or_default();
+        // Status must answer even with an unhealthy store: counts fall back to zero.
+        let (known, pinned) = self.core.read(|s| s.peer_counts()).await.unwrap_or_default();
         let discovery = self.discovery_state().await;
         let (listen_addrs, connected) = {
             let live = self.core.live();
@@ -128,8 +129,8 @@ impl Control for ControlService {
             uptime_ms: self.core.started.elapsed().as_millis() as u64,
             listen_addrs,
             connected_peers: connected,
-            known_peers: peers.len() as u32,
-            pinned_peers: peers.iter().filter(|p| p.pinned).count() as u32,
+            known_peers: known,
+            pinned_peers: pinned,
             discovery,
             store: self.core.store.status(),
             event_head: self.core.events.head(),

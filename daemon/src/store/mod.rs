@@ -258,6 +258,22 @@ impl Store {
         })
     }
 
+    /// How many peers are known and how many of them are pinned, without keeping the records.
+    pub fn peer_counts(&self) -> Result<(u32, u32), StoreError> {
+        self.read("counting peers", |txn, t| {
+            let mut known = 0u32;
+            let mut pinned = 0u32;
+            for item in t.peers.iter(txn)? {
+                let (key, value) = item?;
+                known += 1;
+                if tables::decode_peer(key, value)?.pinned {
+                    pinned += 1;
+                }
+            }
+            Ok((known, pinned))
+        })
+    }
+
     /// Peers to dial at start: those connected when the daemon stopped, and the pinned ones;
     /// never banned ones.
     pub fn peers_to_redial(&self) -> Result<Vec<PeerRecord>, StoreError> {
