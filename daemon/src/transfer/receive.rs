@@ -592,68 +592,96 @@ async fn data(engine: &Arc<Engine>, peer: PeerId, mut s: Stream, buf: Vec<u8>) {
     };
     let live = engine.live_of(&session.id);
     let (mut rd, mut wr) = s.split();
-    let mut buf = Vec::with_capacity(MAX_DATA_FRAME);
-    loop {
-        let frame = tokio::select! {
-            () = session.cancel.cancelled() => {
-                let why = session.failure().unwrap_or_else(|| "transfer stopped".into());
-                let _ = wire::send_msg(&mut wr, Kind::Error, &WireError { reason: why }).await;
-                return;
-            }
-            f = tokio::time::timeout(IDLE, wire::read_frame(&mut rd, &mut buf, MAX_DATA_FRAME)) => f,
-        };
-        let kind = match frame {
-            Ok(Ok(k)) => k,
-            Ok(Err(FrameError::Closed)) => {
-                // The sender sent everything it had for this stream and every ack went out.
-                let _ = wr.close().await;
-                return;
-            }
-            Ok(Err(e)) => return tracing::debug!(transfer = %session.id, error = %e, "data stream ended"),
-            Err(_) => return tracing::debug!(transfer = %session.id, "data stream idle; closed"),
-        };
-        if kind != Kind::Chunk {
-            let _ = wire::send_msg(
-                &mut wr,
-                Kind::Error,
-                &WireError {
-                    reason: format!("expected a chunk, got {kind:?}"),
-                },
-            )
-            .await;
-            return;
-        }
-        match on_chunk(engine, &session, buf).await {
-            Ok((b, d, i, len, fresh)) => {
-                buf = b;
-                if fresh {
-                    if let Some(l) = &live {
-                        l.add(&engine.core, d as usize, len);
+    // Reading and storing overlap: while one chunk is verified and written on the blocking pool,
+    // the next ones are read off the stream (so the sender's window keeps moving). At most
+    // PIPELINE + 1 chunk buffers per stream.
+    let (full_tx, mut full_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE);
+    let (free_tx, mut free_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE + 1);
+    for _ in 0..=PIPELINE {
+        let _ = free_tx.try_send(Vec::new());
+    }
+    // `async move`: the reader owns `full_tx`, so when it ends the processor drains and ends.
+    let (sref, rd) = (&session, &mut rd);
+    let reader = async move {
+        loop {
+            let Some(mut buf) = free_rx.recv().await else {
+                return Err(End::Quiet);
+            };
+            match tokio::time::timeout(IDLE, wire::read_frame(rd, &mut buf, MAX_DATA_FRAME)).await {
+                Ok(Ok(Kind::Chunk)) => {
+                    if full_tx.send(buf).await.is_err() {
+                        return Err(End::Quiet);
                     }
-                } else {
-                    session.resent.fetch_add(1, Ordering::Relaxed);
                 }
-                if wire::send_ack(&mut wr, d, i).await.is_err() {
-                    return;
+                Ok(Ok(other)) => return Err(End::Tell(format!("expected a chunk, got {other:?}"))),
+                // The sender sent everything it had for this stream: let the rest drain.
+                Ok(Err(FrameError::Closed)) => return Ok(()),
+                Ok(Err(e)) => {
+                    tracing::debug!(transfer = %sref.id, error = %e, "data stream ended");
+                    return Err(End::Quiet);
                 }
-            }
-            Err(ChunkFault::Peer(why)) => {
-                fail(engine, &session, &why).await;
-                let _ = wire::send_msg(&mut wr, Kind::Error, &WireError { reason: why }).await;
-                return;
-            }
-            Err(ChunkFault::Local(why)) => {
-                tracing::warn!(transfer = %session.id, %why, "could not store a chunk; the sender will retry");
-                let reason = format!("the recipient could not store a chunk: {why}");
-                let _ = wire::send_msg(&mut wr, Kind::Error, &WireError { reason }).await;
-                return;
+                Err(_) => {
+                    tracing::debug!(transfer = %sref.id, "data stream idle; closed");
+                    return Err(End::Quiet);
+                }
             }
         }
+    };
+    let processor = async {
+        while let Some(buf) = full_rx.recv().await {
+            match on_chunk(engine, &session, buf).await {
+                Ok((b, d, i, len, fresh)) => {
+                    let _ = free_tx.try_send(b);
+                    if fresh {
+                        if let Some(l) = &live {
+                            l.add(&engine.core, d as usize, len);
+                        }
+                    } else {
+                        session.resent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if wire::send_ack(&mut wr, d, i).await.is_err() {
+                        return Err(End::Quiet);
+                    }
+                }
+                Err(ChunkFault::Peer(why)) => {
+                    fail(engine, &session, &why).await;
+                    return Err(End::Tell(why));
+                }
+                Err(ChunkFault::Local(why)) => {
+                    tracing::warn!(transfer = %session.id, %why, "could not store a chunk; the sender will retry");
+                    return Err(End::Tell(format!("the recipient could not store a chunk: {why}")));
+                }
+            }
+        }
+        Ok(())
+    };
+    let outcome = tokio::select! {
+        () = session.cancel.cancelled() => Err(End::Tell(session.failure().unwrap_or_else(|| "transfer stopped".into()))),
+        r = futures::future::try_join(reader, processor) => r.map(|_| ()),
+    };
+    match outcome {
+        // Every chunk that arrived is stored and acknowledged; our end of stream says so.
+        Ok(()) => {
+            let _ = wr.close().await;
+        }
+        Err(End::Tell(reason)) => {
+            let _ = wire::send_msg(&mut wr, Kind::Error, &WireError { reason }).await;
+        }
+        Err(End::Quiet) => {}
     }
 }
 
 /// Checks one chunk frame against the manifest and writes it; returns the buffer for reuse,
 /// the chunk's position and length, and whether it was new.
+/// How a data stream ended badly: quietly (the stream is gone) or with a reason for the sender.
+enum End {
+    Quiet,
+    Tell(String),
+}
+
+/// Chunks read ahead on one data stream while the previous one is being stored.
+const PIPELINE: usize = 2;
+
 /// Why a chunk was not taken: the peer's fault (the transfer is rejected) or ours (the stream
 /// ends and the sender retries later; nothing is held against it).
 enum ChunkFault {
