@@ -176,6 +176,16 @@ impl Engine {
         for id in &t.documents {
             check_id("staged document", id)?;
         }
+        if let Some(stray) = t
+            .recipients
+            .iter()
+            .flat_map(|r| &r.document_ids)
+            .find(|id| !t.documents.contains(id))
+        {
+            return Err(IpcError::invalid(format!(
+                "recipient document `{stray}` is not one of this transfer's documents"
+            )));
+        }
         let id = super::api::new_id();
         let blobs = self.blobs.clone();
         let docs_ids = t.documents.clone();
