@@ -83,17 +83,16 @@ struct DaemonRun {
 
 /// One transfer of `doc` from `a` to `b` (uploaded into `a` first, not timed).
 async fn bench_daemons(a: &Daemon, b: &Daemon, doc: &firma_tests::transfer::TestDoc) -> anyhow::Result<DaemonRun> {
-    let (a, b) = (a, b);
     let t = Instant::now();
-    let staged = upload_doc(&a, doc).await?;
+    let staged = upload_doc(a, doc).await?;
     println!(
         "upload into the sending daemon: {:.0} MiB/s (not part of the figure)",
         mib_per_s(doc.size, t.elapsed())
     );
 
-    let base = [reset_peak(&a)?, reset_peak(&b)?];
+    let base = [reset_peak(a)?, reset_peak(b)?];
     let t = Instant::now();
-    let out = send(&a, b.peer_id(), &[staged], None).await?;
+    let out = send(a, b.peer_id(), &[staged], None).await?;
     let (incoming, _) = firma_tests::wait_for_value(COPY_DEADLINE, "the receiver to list the transfer", || async {
         firma_tests::transfer::transfers(b, firma_ipc::transfer::TransferFilter::Incoming)
             .await
@@ -107,18 +106,18 @@ async fn bench_daemons(a: &Daemon, b: &Daemon, doc: &firma_tests::transfer::Test
     wait_for(COPY_DEADLINE, "the transfer to be delivered", || async {
         let seen = received_after.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         if !seen
-            && transfer(&b, &incoming.id)
+            && transfer(b, &incoming.id)
                 .await
                 .is_ok_and(|t| t.state == TransferState::Received)
         {
             *received_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(t.elapsed());
         }
-        transfer(&a, &out.id).await.is_ok_and(|t| t.state.is_final())
+        transfer(a, &out.id).await.is_ok_and(|t| t.state.is_final())
     })
     .await?;
     let received_after = received_after.into_inner().unwrap_or_else(|p| p.into_inner());
     let took = t.elapsed();
-    let done = transfer(&a, &out.id).await?;
+    let done = transfer(a, &out.id).await?;
     ensure!(
         done.state == TransferState::Delivered,
         "transfer ended {:?}: {:?}",
@@ -126,8 +125,8 @@ async fn bench_daemons(a: &Daemon, b: &Daemon, doc: &firma_tests::transfer::Test
         done.error
     );
     let peak = [
-        status_kib(&a.proc_status()?, "VmHWM:")?,
-        status_kib(&b.proc_status()?, "VmHWM:")?,
+        status_kib(a.proc_status()?, "VmHWM:")?,
+        status_kib(b.proc_status()?, "VmHWM:")?,
     ];
     Ok(DaemonRun {
         took,
