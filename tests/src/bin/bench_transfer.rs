@@ -125,8 +125,8 @@ async fn bench_daemons(a: &Daemon, b: &Daemon, doc: &firma_tests::transfer::Test
         done.error
     );
     let peak = [
-        status_kib(a.proc_status()?, "VmHWM:")?,
-        status_kib(b.proc_status()?, "VmHWM:")?,
+        status_kib(&a.proc_status()?, "VmHWM:")?,
+        status_kib(&b.proc_status()?, "VmHWM:")?,
     ];
     Ok(DaemonRun {
         took,
