@@ -1,8 +1,9 @@
 //! The HTTP surface: which path goes to which handler, and which layers wrap them.
 //!
-//! Layers, outermost first: `security::guard` (count, Host, Origin, security headers), the body cap,
-//! then `auth::require_auth` on everything but `/health`, `/login`, the OpenAPI document and the
-//! static page. Handlers are thin: authorise (done by the layers), call the daemon, encode.
+//! Layers, outermost first: `security::guard` (count, Host, Origin, security headers), the limit of
+//! requests in flight, the body cap, then `auth::require_auth` on everything but `/health`,
+//! `/login`, the OpenAPI document and the static page. Handlers are thin: authorise (done by the
+//! layers), call the daemon, encode.
 
 pub mod compat;
 pub mod network;
@@ -18,11 +19,15 @@ use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tower::limit::ConcurrencyLimitLayer;
 
 use crate::config::MAX_BODY;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{assets, auth, explorer_ws, security, ws};
+
+/// HTTP requests handled at once.
+const MAX_IN_FLIGHT: usize = 1024;
 
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
@@ -66,6 +71,9 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // Requests past this wait for a slot instead of piling up work (a WebSocket holds its slot
+        // only for the upgrade itself).
+        .layer(ConcurrencyLimitLayer::new(MAX_IN_FLIGHT))
         .layer(middleware::from_fn_with_state(state.clone(), security::guard))
         .with_state(state)
 }
