@@ -95,10 +95,12 @@ start_watcher() {
 
 # Prefix every line of stdin with $1, so that the logs of several programs stay readable. It
 # ignores INT and TERM: it ends when the program writing to it does (end of input), never
-# before, so that program's last words are not lost and its writes never fail.
+# before, so that program's last words are not lost and its writes never fail. A shell loop
+# rather than awk or sed: those read pipes in blocks, and a quiet daemon's lines would wait.
 prefix() {
 	trap '' INT TERM
-	exec awk -v p="$1" '{ print p $0; fflush() }'
+	local line
+	while IFS= read -r line || [ -n "$line" ]; do printf '%s%s\n' "$1" "$line"; done
 }
 
 # The target dir cargo really uses (CARGO_TARGET_DIR, config files), from cargo itself.
@@ -301,6 +303,11 @@ if [ -f "$RUN/dev.pid" ] && kill -0 "$(cat "$RUN/dev.pid")" 2>/dev/null; then
 	die "dev.sh is already running for this checkout (pid $(cat "$RUN/dev.pid")); stop it with Ctrl-C there, or: kill -INT $(cat "$RUN/dev.pid")"
 fi
 echo $$ >"$RUN/dev.pid"
+# A shell started in the background of a script ignores SIGINT, and bash cannot trap a signal
+# ignored at entry: say how to stop it instead.
+if [ "$(trap -p INT)" = "trap -- '' SIGINT" ]; then
+	log "SIGINT is ignored in this shell (started in the background?); stop with: kill -TERM $$"
+fi
 trap 'shutdown; exit 130' INT
 trap 'shutdown; exit 143' TERM
 trap 'shutdown' EXIT
