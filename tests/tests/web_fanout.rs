@@ -83,3 +83,45 @@ async fn a_stalled_client_is_told_it_lagged_and_resynced() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_does_not_hold_up_a_reload() -> anyhow::Result<()> {
+    let a = Daemon::spawn(DaemonOpts::named("stall-a")).await?;
+    let b = Daemon::spawn(DaemonOpts::named("stall-b")).await?;
+    let mut opts = WebOpts::new("stall", a.socket());
+    opts.args.extend([
+        "--ws-queue".into(),
+        "16".into(),
+        "--tcp-send-buffer".into(),
+        "8192".into(),
+    ]);
+    let web = Web::spawn(opts).await?;
+    let mut h = web.auth();
+    h.push(("origin".into(), web.origin()));
+    let mut stalled = ws_connect_with(web.addr(), "/ws", &h, Some(4096)).await?;
+    let snap = stalled.recv_json(IO_TIMEOUT).await?;
+    let start = snap["seq"].as_u64().context("snapshot without seq")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = spawn_churn(
+        a.socket().to_owned(),
+        b.tcp_addr().await?,
+        b.peer_id().to_owned(),
+        stop.clone(),
+        Duration::ZERO,
+    );
+    wait_for(LAG_TIMEOUT, "the daemon to emit 500 more events", || async {
+        a.status().await.is_ok_and(|s| s.event_head >= start + STALL_EVENTS)
+    })
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    churn.await??;
+    // The drain deadline is 5 s; a client blocked on a full socket must not use it up.
+    let took = web.reload().await?;
+    eprintln!("reload with a stalled client took {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "a reload with a stalled client took {took:?}"
+    );
+    Ok(())
+}

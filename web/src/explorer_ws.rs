@@ -265,7 +265,12 @@ async fn run(socket: WebSocket, state: AppState) {
         state: state.clone(),
         subscriptions: HashSet::new(),
     };
-    let end = client.serve().await;
+    // Shutdown also interrupts a send stuck on a client that stopped reading (see ws.rs).
+    let shutdown = state.shutdown.token().clone();
+    let end = tokio::select! {
+        end = client.serve() => end,
+        _ = shutdown.cancelled() => Err(Stop { shutdown: true }),
+    };
     let held = client.subscriptions.len() as u64;
     state.ws_stats.subscriptions.fetch_sub(held, Ordering::Relaxed);
     if let Err(Stop { shutdown: true }) = end {

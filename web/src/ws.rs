@@ -399,7 +399,14 @@ async fn run(socket: WebSocket, state: AppState, q: WsQuery) {
         last: None,
         resume: None,
     };
-    if let Err(End::Shutdown) = client.serve(q).await {
+    // Shutdown also interrupts a send stuck on a client that stopped reading, so one stalled
+    // client cannot hold a reload up until the drain deadline.
+    let shutdown = state.shutdown.token().clone();
+    let end = tokio::select! {
+        end = client.serve(q) => end,
+        _ = shutdown.cancelled() => Err(End::Shutdown),
+    };
+    if let Err(End::Shutdown) = end {
         close_for_shutdown(&mut client.socket, &state).await;
     }
 }
