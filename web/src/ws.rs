@@ -42,6 +42,9 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// instead of growing memory.
 pub const MAX_WRITE_BUFFER: usize = 4 * MAX_BODY;
 
+/// How long a close frame may wait for room in a client's socket: a client that stopped reading
+/// gets none, and must not lengthen a reload.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_millis(250);
 /// Most queued events written before one flush.
 const MAX_BURST: usize = 256;
 const READ_BUFFER: usize = 8 * 1024;
@@ -104,7 +107,7 @@ pub async fn close_for_shutdown(socket: &mut WebSocket, state: &AppState) {
         code,
         reason: Utf8Bytes::from_static(reason),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
 }
 
 /// Heartbeat bookkeeping shared by both sockets.
