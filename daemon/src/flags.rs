@@ -47,11 +47,11 @@ pub struct Flags {
     #[serde(skip)]
     pub listen: Vec<String>,
     /// Turn mDNS discovery off [env: FIRMA_NO_MDNS=1]
-    #[arg(long, env = "FIRMA_NO_MDNS", hide_env = true)]
+    #[arg(long, env = "FIRMA_NO_MDNS", hide_env = true, value_parser = clap::builder::FalseyValueParser::new())]
     #[serde(skip)]
     pub no_mdns: bool,
     /// Turn the Kademlia DHT off [env: FIRMA_NO_DHT=1]
-    #[arg(long, env = "FIRMA_NO_DHT", hide_env = true)]
+    #[arg(long, env = "FIRMA_NO_DHT", hide_env = true, value_parser = clap::builder::FalseyValueParser::new())]
     #[serde(skip)]
     pub no_dht: bool,
     /// Kademlia bootstrap peer, /ip4/.../tcp/.../p2p/<id> (repeatable); replaces the configured list
@@ -63,11 +63,11 @@ pub struct Flags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Keep running as root instead of dropping privileges (not recommended)
-    #[arg(long, env = "FIRMA_ALLOW_ROOT", hide_env = true)]
+    #[arg(long, env = "FIRMA_ALLOW_ROOT", hide_env = true, value_parser = clap::builder::FalseyValueParser::new())]
     #[serde(skip)]
     pub allow_root: bool,
     /// Development mode: take a free P2P port when the configured one is in use [env: FIRMA_DEV=1]
-    #[arg(long, env = "FIRMA_DEV", hide_env = true)]
+    #[arg(long, env = "FIRMA_DEV", hide_env = true, value_parser = clap::builder::FalseyValueParser::new())]
     #[serde(skip)]
     pub dev: bool,
     /// Log format: auto (journald under systemd, text otherwise), text, json, journald
@@ -210,6 +210,25 @@ mod tests {
             assert_eq!(c.state_dir, PathBuf::from("/tmp/from-env"));
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
+    fn boolean_environment_flags_take_1_and_0() {
+        for (value, want) in [
+            ("1", true),
+            ("true", true),
+            ("yes", true),
+            ("0", false),
+            ("false", false),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env("FIRMA_NO_MDNS", value);
+                let f = Flags::try_parse_from(["firma-transportd"]).map_err(|e| e.to_string())?;
+                assert_eq!(f.no_mdns, want, "FIRMA_NO_MDNS={value}");
+                Ok(())
+            });
+        }
     }
 
     #[test]
