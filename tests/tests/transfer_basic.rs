@@ -245,8 +245,8 @@ async fn send_keeps_following_across_a_daemon_restart() -> anyhow::Result<()> {
             .find(|t| t.bytes_done > 0 && !t.state.is_final())
     })
     .await?;
-    a.kill9().await?;
-    a.start().await?;
+    // This time a clean stop (SIGTERM): calls in flight may be answered `unavailable` first.
+    a.restart().await?;
 
     let out = tokio::time::timeout(BIG_DEADLINE, child.wait_with_output())
         .await
@@ -265,7 +265,13 @@ async fn send_keeps_following_across_a_daemon_restart() -> anyhow::Result<()> {
         v["id"] == moving.id.as_str() && v["state"] == "delivered",
         "send printed {v}"
     );
-    ensure!(stderr.matches("reconnected").count() >= 2, "not two reconnects: {stderr}");
-    ensure!(!stderr.contains("starting it again"), "the upload started over instead of resuming: {stderr}");
+    ensure!(
+        stderr.matches("reconnected").count() >= 2,
+        "not two reconnects: {stderr}"
+    );
+    ensure!(
+        !stderr.contains("starting it again"),
+        "the upload started over instead of resuming: {stderr}"
+    );
     Ok(())
 }

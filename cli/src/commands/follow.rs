@@ -24,10 +24,6 @@ const _: () = assert!(
     POLL_WAIT_MS <= MAX_EVENTS_WAIT_MS,
     "the daemon would cut the poll short"
 );
-/// Waits after a daemon that is up but answers `unavailable` (e.g. while it shuts down).
-const UNAVAILABLE_RETRY: Duration = Duration::from_millis(500);
-/// Most consecutive `unavailable` answers before giving up (about a minute).
-const MAX_UNAVAILABLE: u32 = 120;
 
 /// Where following is in the daemon's event numbering.
 struct Cursor {
@@ -53,26 +49,13 @@ pub async fn follow(
         generation: rc.generation(),
     };
     let deadline = Duration::from_millis(u64::from(POLL_WAIT_MS)) + rc.session().timeout();
-    let mut unavailable = 0;
     while !info.state.is_final() {
         let from = cursor.after;
-        let polled = rc
+        let batch = rc
             .call_within(deadline, |c, ctx| async move {
                 c.events(ctx, from, MAX_EVENTS_BATCH, POLL_WAIT_MS).await
             })
-            .await;
-        let batch = match polled {
-            Ok(batch) => {
-                unavailable = 0;
-                batch
-            }
-            Err(CliError::Daemon(e)) if e.code == ErrorCode::Unavailable && unavailable < MAX_UNAVAILABLE => {
-                unavailable += 1;
-                tokio::time::sleep(UNAVAILABLE_RETRY).await;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+            .await?;
         if apply(&mut cursor, &batch, rc.generation(), id, &mut info) {
             info = fetch(rc, id).await?;
         }

@@ -1,15 +1,16 @@
 //! A [`Session`] for commands that outlive a daemon restart (`send`, `get`): a call whose
 //! connection died is made again on a fresh connection, after reconnecting with backoff.
 //!
-//! Only lost connections are retried. Anything the daemon answers, errors included, goes back to
-//! the caller, who knows whether repeating the call is safe; [`Reconnecting::generation`] tells
-//! the caller that a reconnect happened in between (so it can resynchronise its view).
+//! Lost connections are retried, and so, for a few seconds, is `unavailable` (what a daemon that
+//! is shutting down answers). Anything else the daemon answers goes back to the caller, who knows
+//! whether repeating the call is safe; [`Reconnecting::generation`] tells the caller that a
+//! reconnect happened in between (so it can resynchronise its view).
 
 use std::future::Future;
 use std::time::Duration;
 
 use firma_ipc::client::Backoff;
-use firma_ipc::{ControlClient, IpcError};
+use firma_ipc::{ControlClient, ErrorCode, IpcError};
 use tarpc::client::RpcError;
 use tarpc::context::Context;
 
@@ -24,6 +25,9 @@ const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
 pub const RECONNECT_LIMIT: Duration = Duration::from_secs(600);
 /// Most reconnects one command makes: a daemon that keeps dying under us is not coming back.
 const MAX_RECONNECTS: u32 = 100;
+/// `unavailable` answers are retried this often, this far apart, before they count as real.
+const UNAVAILABLE_RETRIES: u32 = 20;
+const UNAVAILABLE_DELAY: Duration = Duration::from_millis(250);
 
 pub struct Reconnecting {
     session: Session,
@@ -68,9 +72,14 @@ impl Reconnecting {
         F: FnMut(ControlClient, Context) -> Fut,
         Fut: Future<Output = Result<Result<T, IpcError>, RpcError>>,
     {
+        let mut unavailable = 0;
         loop {
             match self.session.call_within(deadline, &mut f).await {
                 Err(CliError::ConnectionLost { .. }) => self.reconnect().await?,
+                Err(CliError::Daemon(e)) if e.code == ErrorCode::Unavailable && unavailable < UNAVAILABLE_RETRIES => {
+                    unavailable += 1;
+                    tokio::time::sleep(UNAVAILABLE_DELAY).await;
+                }
                 other => return other,
             }
         }
