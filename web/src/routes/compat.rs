@@ -103,8 +103,7 @@ pub async fn transports(State(state): State<AppState>) -> Json<Value> {
             "configured": true,
             "status": if status.is_ok() { "ready" } else { "unavailable" },
             "version": status.as_ref().map(|s| s.version.clone()).unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_owned()),
-            // Transfers are not in the daemon yet; "send"/"receive" join this list when they are.
-            "features": ["peers", "discovery", "events"],
+            "features": ["send", "receive", "peers", "discovery", "events"],
             "installCommand": format!("firma-transportd --socket {}", state.link.socket().display()),
         }]
     }))
