@@ -204,25 +204,53 @@ pub fn open_part(path: &Path, size: u64) -> io::Result<File> {
 pub fn hash_file(path: &Path, chunk_size: u32) -> io::Result<(String, Vec<u8>, u64)> {
     let mut f = File::open(path).map_err(|e| io_err(path, "opening", e))?;
     let step = if chunk_size > 0 { chunk_size as usize } else { HASH_BUF };
-    let mut buf = vec![0u8; step];
-    let mut whole = Sha256::new();
-    let mut chunks = Vec::new();
-    let mut total = 0u64;
-    loop {
-        let n = read_full(&mut f, &mut buf).map_err(|e| io_err(path, "reading", e))?;
-        if n == 0 {
-            break;
-        }
-        whole.update(&buf[..n]);
-        if chunk_size > 0 {
-            chunks.extend_from_slice(&Sha256::digest(&buf[..n]));
-        }
-        total += n as u64;
-        if n < step {
-            break;
-        }
+    // Two hashes of the same bytes: the whole-file one runs on a second thread, so staging a
+    // large upload takes one hash's time on a machine with two cores. Three buffers circulate
+    // (reading, chunk hash, whole hash), so memory stays at three chunks.
+    let (to_whole, whole_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(1);
+    let (back_tx, back) = std::sync::mpsc::sync_channel::<Vec<u8>>(3);
+    for _ in 0..3 {
+        let _ = back_tx.try_send(vec![0u8; step]);
     }
-    Ok((hex::encode(whole.finalize()), chunks, total))
+    std::thread::scope(|scope| {
+        let whole = scope.spawn(move || {
+            let mut h = Sha256::new();
+            for (buf, n) in whole_rx {
+                h.update(&buf[..n]);
+                let _ = back_tx.send(buf);
+            }
+            hex::encode(h.finalize())
+        });
+        let mut chunks = Vec::new();
+        let mut total = 0u64;
+        let read = loop {
+            let Ok(mut buf) = back.recv() else {
+                break Err(io::Error::other("the hashing thread stopped"));
+            };
+            let n = match read_full(&mut f, &mut buf) {
+                Ok(n) => n,
+                Err(e) => break Err(io_err(path, "reading", e)),
+            };
+            if n == 0 {
+                break Ok(());
+            }
+            if chunk_size > 0 {
+                chunks.extend_from_slice(&Sha256::digest(&buf[..n]));
+            }
+            total += n as u64;
+            if to_whole.send((buf, n)).is_err() {
+                break Err(io::Error::other("the hashing thread stopped"));
+            }
+            if n < step {
+                break Ok(());
+            }
+        };
+        drop(to_whole);
+        let whole = whole
+            .join()
+            .map_err(|_| io::Error::other("the hashing thread panicked"))?;
+        read.map(|()| (whole, chunks, total))
+    })
 }
 
 /// Fills `buf` unless the file ends first; returns the bytes read.
