@@ -113,8 +113,10 @@ pub async fn run(session: Session, out: Output, args: SendArgs) -> Result<(), Cl
 }
 
 /// Create the transfer. When the connection dies during the call, the daemon may or may not have
-/// created it: after reconnecting, look for it among the outgoing transfers before asking again,
-/// so that one `send` never makes two transfers.
+/// created it, and the call is made again on the new connection. Afterwards the outgoing
+/// transfers are searched for this one: a copy made by the lost call is cancelled, and if the
+/// second call was refused (the first had already taken the staged documents) the first is used,
+/// so that one `send` never delivers twice.
 async fn create(rc: &mut Reconnecting, new: &NewTransfer, staged: &[StagedDocument]) -> Result<TransferInfo, CliError> {
     let generation = rc.generation();
     let started = format::now_ms();
