@@ -417,6 +417,12 @@ async fn open_session(
                 continue;
             }
             let path = blobs.incoming_doc(&id, i, &d.file_name, true);
+            // Stopped between moving a verified document into place and recording it: take the
+            // file back as partial, so its chunks count as held instead of arriving again.
+            let done_path = blobs.incoming_doc(&id, i, &d.file_name, false);
+            if !path.exists() && done_path.exists() {
+                std::fs::rename(&done_path, &path)?;
+            }
             let f = blobs::open_part(&path, d.size)?;
             held.push(blobs::scan_part(&path, d, m2.chunk_size)?);
             files.push(Some(Arc::new(f)));
