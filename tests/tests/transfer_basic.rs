@@ -91,6 +91,25 @@ async fn three_documents_one_of_200_mib_arrive_intact() -> anyhow::Result<()> {
             .ok()?;
         ensure!(sha256_file(&to)? == want.sha256, "{} arrived different", want.file_name);
     }
+    // A second `get` to the same path refuses to overwrite without --force, and leaves no temp file.
+    let first = str_of(&documents[0], "id")?;
+    let to = b.dir().join(format!("got-{}", docs[0].file_name));
+    let to_s = to.display().to_string();
+    let again = b.cli(&["get", &tid, first, "-o", &to_s]).await?;
+    ensure!(
+        again.code == 1 && again.stderr.contains("--force"),
+        "second get: {again:?}"
+    );
+    b.cli(&["get", &tid, &docs[0].file_name, "-o", &to_s, "--force"])
+        .await?
+        .ok()?;
+    ensure!(sha256_file(&to)? == docs[0].sha256, "get by file name with --force");
+    let leftovers: Vec<_> = std::fs::read_dir(b.dir())?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .collect();
+    ensure!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+
     let big = str_of(&documents[2], "id")?;
     ensure!(
         download_sha256(&b, &tid, big, docs[2].size).await? == docs[2].sha256,

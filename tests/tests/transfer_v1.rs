@@ -145,6 +145,13 @@ async fn daemon_sends_v1_to_a_peer_without_v2() -> anyhow::Result<()> {
         .wait_line(STEP, "the js peer to receive it", |v| v["event"] == "v1_received")
         .await?;
     ensure!(got["peer_id"] == d.peer_id(), "js saw sender {}", got["peer_id"]);
+    // Upstream's shape, as upstream reads it: the sender names itself in `sender.senderId`.
+    ensure!(
+        got["sender"]["senderId"] == d.peer_id(),
+        "sender block {}",
+        got["sender"]
+    );
+    ensure!(got["sender"]["transport"] == "p2p", "sender block {}", got["sender"]);
     let doc = got["documents"].get(0).context("no document")?;
     ensure!(doc["data_sha256"] == sha256_hex(&bytes).as_str(), "js got {doc}");
     ensure!(
