@@ -169,6 +169,9 @@ async fn document_hash_that_does_not_match_is_never_complete() -> anyhow::Result
         done != Some(Kind::Receipt),
         "the daemon signed a receipt for a document whose hash did not match"
     );
-    ensure!(held(&d, "wronghash-1").await?.is_some(), "the accepted transfer was not recorded");
+    ensure!(
+        held(&d, "wronghash-1").await?.is_some(),
+        "the accepted transfer was not recorded"
+    );
     nothing_complete(&d, "wronghash-1").await
 }
