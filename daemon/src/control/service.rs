@@ -19,6 +19,9 @@ use super::auth::Caller;
 use crate::core::Core;
 use crate::store::StoreOp;
 
+/// Peer tables up to this size are counted on the runtime thread; larger ones off it.
+const INLINE_SCAN_MAX: u64 = 256;
+
 /// Most history or audit records one call returns.
 const MAX_RECORDS: u32 = 10_000;
 
@@ -116,7 +119,14 @@ impl Control for ControlService {
 
     async fn status(self, _: Context) -> Result<Status, IpcError> {
         // Status must answer even with an unhealthy store: counts fall back to zero.
-        let (known, pinned) = self.core.read(|s| s.peer_counts()).await.unwrap_or_default();
+        let store = &self.core.store;
+        let counts = if store.peer_total().is_ok_and(|n| n <= INLINE_SCAN_MAX) {
+            // A small table is counted in microseconds: no thread hop for the most frequent call.
+            store.peer_counts().map_err(crate::core::store_error)
+        } else {
+            self.core.read(|s| s.peer_counts()).await
+        };
+        let (known, pinned) = counts.unwrap_or_default();
         let discovery = self.discovery_state().await;
         let (listen_addrs, connected) = {
             let live = self.core.live();

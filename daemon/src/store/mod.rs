@@ -258,6 +258,11 @@ impl Store {
         })
     }
 
+    /// How many peers the store holds: O(1), from LMDB's own count.
+    pub fn peer_total(&self) -> Result<u64, StoreError> {
+        self.read("counting peers", |txn, t| Ok(t.peers.len(txn)?))
+    }
+
     /// How many peers are known and how many of them are pinned, without keeping the records.
     pub fn peer_counts(&self) -> Result<(u32, u32), StoreError> {
         self.read("counting peers", |txn, t| {
