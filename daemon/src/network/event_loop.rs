@@ -308,21 +308,6 @@ impl EventLoop {
         }
     }
 
-    /// Dials a peer discovery just found, once: if it fails, the peer is known and can be
-    /// dialled by id later, but it is not kept (that is what pinning is for).
-    pub(super) fn dial_discovered(&mut self, peer: PeerId) {
-        if self.swarm.is_connected(&peer) || self.banned.contains(&peer) || self.is_stopping() {
-            return;
-        }
-        let opts = DialOpts::peer_id(peer)
-            .addresses(self.addresses.get(&peer))
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .build();
-        if let Err(e) = self.swarm.dial(opts) {
-            tracing::debug!(peer_id = %peer, "dial of a discovered peer could not start: {e}");
-        }
-    }
-
     /// Plans the next attempt for a peer we keep, by the retry strategy in force.
     pub(super) fn schedule_redial(&mut self, peer: PeerId) {
         if self.banned.contains(&peer) || self.is_stopping() {

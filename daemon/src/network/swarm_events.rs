@@ -232,11 +232,20 @@ impl EventLoop {
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 for (peer, addrs) in group_by_peer(list) {
                     self.on_discovered(peer, addrs, AddrSource::Mdns).await;
-                    // Like upstream Firma-Sign: a peer found on the local network is connected at once.
-                    self.dial_discovered(peer);
+                    // Like upstream Firma-Sign: a peer found on the local network is connected at
+                    // once, and kept (redialled with the retry strategy) while mDNS still sees it:
+                    // a first dial can lose a race with the other side's interface coming up.
+                    self.dial_to_keep(peer);
                 }
             }
-            BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            BehaviourEvent::Mdns(mdns::Event::Expired(list)) => {
+                // Gone from the local network: stop redialling it unless an operator pinned it.
+                for (peer, _) in list {
+                    if !self.redial.is_pinned(&peer) && !self.swarm.is_connected(&peer) {
+                        self.redial.forget(&peer);
+                    }
+                }
+            }
             BehaviourEvent::Kad(event) => self.on_kad_event(event).await,
             // libp2p-stream reports nothing: its streams go straight to the transfer engine.
             BehaviourEvent::Stream(()) => {}
