@@ -32,6 +32,8 @@ struct Args {
     size_mib: u64,
     scp: bool,
     rounds: u32,
+    /// `transfer.parallel_streams` for both daemons; `None` keeps the daemon's default.
+    streams: Option<u32>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -39,6 +41,7 @@ fn parse_args() -> anyhow::Result<Args> {
         size_mib: 1024,
         scp: true,
         rounds: 3,
+        streams: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -46,7 +49,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--size-mib" => a.size_mib = args.next().context("--size-mib needs a number")?.parse()?,
             "--skip-scp" => a.scp = false,
             "--rounds" => a.rounds = args.next().context("--rounds needs a number")?.parse()?,
-            _ => bail!("usage: bench_transfer [--size-mib N] [--rounds N] [--skip-scp]"),
+            "--streams" => a.streams = Some(args.next().context("--streams needs a number")?.parse()?),
+            _ => bail!("usage: bench_transfer [--size-mib N] [--rounds N] [--streams N] [--skip-scp]"),
         }
     }
     ensure!(a.size_mib > 0, "--size-mib must be at least 1");
@@ -328,10 +332,15 @@ async fn main() -> anyhow::Result<()> {
     let doc = make_document(tmp.path(), "bench.bin", size, 42)?;
     println!("made a {} MiB document in {:.1?}", args.size_mib, t.elapsed());
 
-    let (a, b) = tokio::try_join!(
-        Daemon::spawn(transfer_opts("bench-send", "accept")),
-        Daemon::spawn(transfer_opts("bench-recv", "accept"))
-    )?;
+    let opts = |name| {
+        let mut o = transfer_opts(name, "accept");
+        if let Some(n) = args.streams {
+            o.env
+                .push(("FIRMA_TRANSFER__PARALLEL_STREAMS".to_owned(), n.to_string()));
+        }
+        o
+    };
+    let (a, b) = tokio::try_join!(Daemon::spawn(opts("bench-send")), Daemon::spawn(opts("bench-recv")))?;
     a.connect_to(&b).await?;
 
     // Rounds interleave the three copies, so that load from others on a shared machine hits
