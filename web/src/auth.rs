@@ -278,25 +278,34 @@ impl Auth {
     }
 
     /// Check the request's credential. Bearer wins over a cookie when both are present.
+    ///
+    /// While failures are rate-limited, a valid credential still gets in: tokens and session ids
+    /// are 256-bit secrets nobody can guess in any number of tries, so the limit is there to
+    /// throttle and flag noise, and it must not let a stranger lock the real owner out.
     pub async fn check(&self, headers: &HeaderMap) -> Result<Credential, Response> {
-        if self.limited() {
-            inc(&self.metrics.auth_rate_limited);
-            return Err(too_many());
-        }
         if let Some(given) = bearer(headers) {
             if self.token_matches(given) {
                 return Ok(Credential::Bearer);
             }
-            self.fail();
-            return Err(ApiError::unauthorized().into_response());
+            return Err(self.refuse());
         }
         if let Some(id) = cookie(headers, SESSION_COOKIE) {
             if self.session_valid(id).await {
                 return Ok(Credential::Session);
             }
-            self.fail();
+            return Err(self.refuse());
         }
         Err(ApiError::unauthorized().into_response())
+    }
+
+    /// A failed credential: counted, and answered 429 once failures are over the limit.
+    fn refuse(&self) -> Response {
+        if self.limited() {
+            inc(&self.metrics.auth_rate_limited);
+            return too_many();
+        }
+        self.fail();
+        ApiError::unauthorized().into_response()
     }
 
     /// Redeem a login nonce and open a session; returns the `Set-Cookie` value.
@@ -437,6 +446,12 @@ mod tests {
         }
         assert_eq!(a.check(&h).await.unwrap_err().status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(a.check(&HeaderMap::new()).await.is_err());
+        // The owner is not locked out by a stranger's failures.
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {}", a.token)).unwrap(),
+        );
+        assert_eq!(a.check(&h).await.unwrap(), Credential::Bearer);
     }
 
     #[tokio::test]
