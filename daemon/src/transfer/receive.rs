@@ -567,8 +567,10 @@ async fn fail(engine: &Arc<Engine>, session: &Arc<Session>, why: &str) {
         }
         *f = Some(why.to_owned());
     }
-    session.cancel.cancel();
     tracing::warn!(transfer = %session.id, peer = %session.peer, %why, "incoming transfer rejected");
+    // Record the verdict before cancelling the session: this may run inside one of the session's
+    // own tasks, which the cancel ends at its next await, and a verdict that never reaches the
+    // store lets the sender's retry be admitted again.
     let _ = engine
         .set_phase(&session.id, TransferPhase::Rejected, Some(why.to_owned()))
         .await;
@@ -579,6 +581,7 @@ async fn fail(engine: &Arc<Engine>, session: &Arc<Session>, why: &str) {
         }
     })
     .await;
+    session.cancel.cancel();
 }
 
 async fn data(engine: &Arc<Engine>, peer: PeerId, mut s: Stream, buf: Vec<u8>) {
