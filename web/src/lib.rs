@@ -38,8 +38,11 @@ use crate::state::{AppState, Shutdown, WsStats};
 
 /// Accept queue length: clients that connect while a reload is under way wait here.
 const LISTEN_BACKLOG: u32 = 1024;
-/// How long a stop waits for accepted-but-silent connections to send their request.
-const FRESH_GRACE: Duration = Duration::from_millis(250);
+/// How long a stop waits for accepted-but-silent connections to send their request. It ends as
+/// soon as none is left, so it only costs time when a client connected and stays silent (a
+/// browser's speculative preconnect); 250 ms proved too short on a loaded 2-core machine, where
+/// a client could be scheduled late between connect() and its first write and get a reset.
+const FRESH_GRACE: Duration = Duration::from_millis(1000);
 /// How long a fresh process waits for its first daemon connection before serving anyway.
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(3);
 
