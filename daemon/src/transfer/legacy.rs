@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -145,31 +145,7 @@ pub(crate) fn parse(json: &[u8], max_document_bytes: u64) -> Result<(String, Vec
     Ok((t.transfer_id, out))
 }
 
-pub(crate) async fn accept_loop(engine: Arc<Engine>, mut incoming: libp2p_stream::IncomingStreams) {
-    loop {
-        let next = tokio::select! {
-            () = engine.shutdown.cancelled() => break,
-            n = incoming.next() => n,
-        };
-        let Some((peer, stream)) = next else { break };
-        // v1 holds a whole transfer in memory: at most `concurrency` of them at once.
-        let Ok(permit) = engine.incoming_slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many transfers arriving; refusing a v1 stream");
-            continue;
-        };
-        let e = engine.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let cancel = e.shutdown.clone();
-            tokio::select! {
-                () = cancel.cancelled() => {}
-                () = receive(&e, peer, stream) => {}
-            }
-        });
-    }
-}
-
-async fn receive(engine: &Arc<Engine>, peer: PeerId, mut s: Stream) {
+pub(super) async fn receive(engine: &Arc<Engine>, peer: PeerId, mut s: Stream) {
     let cap = engine.cfg.v1_max_bytes;
     let mut json = Vec::new();
     let read = tokio::time::timeout(V1_DEADLINE, (&mut s).take(cap + 1).read_to_end(&mut json)).await;

@@ -165,6 +165,41 @@ impl Running {
     }
 }
 
+/// Takes incoming streams of one protocol and runs `handle` on each, at most `slots` at once;
+/// a stream over the limit is dropped (the sender retries), and shutdown ends every handler.
+async fn accept_loop<F, Fut>(
+    engine: Arc<Engine>,
+    mut incoming: libp2p_stream::IncomingStreams,
+    slots: Arc<Semaphore>,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<Engine>, PeerId, libp2p::Stream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::StreamExt;
+    loop {
+        let next = tokio::select! {
+            () = engine.shutdown.cancelled() => break,
+            n = incoming.next() => n,
+        };
+        let Some((peer, stream)) = next else { break };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many transfers arriving; refusing a {what}");
+            continue;
+        };
+        let cancel = engine.shutdown.clone();
+        let work = handle(engine.clone(), peer, stream);
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = work => {}
+            }
+        });
+    }
+}
+
 /// Creates the blob directories, registers both protocols and starts the tasks.
 pub async fn start(parts: EngineParts, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let blobs = Blobs::new(&parts.state_dir);
@@ -207,8 +242,21 @@ pub async fn start(parts: EngineParts, shutdown: CancellationToken) -> anyhow::R
         shutdown,
     });
     let tasks = vec![
-        tokio::spawn(receive::accept_loop(engine.clone(), v2)),
-        tokio::spawn(legacy::accept_loop(engine.clone(), v1)),
+        tokio::spawn(accept_loop(
+            engine.clone(),
+            v2,
+            engine.stream_slots.clone(),
+            "v2 stream",
+            |e, p, s| async move { receive::handle(&e, p, s).await },
+        )),
+        // v1 holds a whole transfer in memory: at most `concurrency` of them at once.
+        tokio::spawn(accept_loop(
+            engine.clone(),
+            v1,
+            engine.incoming_slots.clone(),
+            "v1 transfer",
+            |e, p, s| async move { legacy::receive(&e, p, s).await },
+        )),
         tokio::spawn(outbox::run(engine.clone())),
         tokio::spawn(outbox::follow_connections(engine.clone())),
     ];

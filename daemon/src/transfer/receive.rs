@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, watch};
@@ -121,30 +121,7 @@ impl Session {
     }
 }
 
-pub(crate) async fn accept_loop(engine: Arc<Engine>, mut incoming: libp2p_stream::IncomingStreams) {
-    loop {
-        let next = tokio::select! {
-            () = engine.shutdown.cancelled() => break,
-            n = incoming.next() => n,
-        };
-        let Some((peer, stream)) = next else { break };
-        let Ok(permit) = engine.stream_slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many transfer streams open; refusing one");
-            continue;
-        };
-        let e = engine.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let cancel = e.shutdown.clone();
-            tokio::select! {
-                () = cancel.cancelled() => {}
-                () = handle(&e, peer, stream) => {}
-            }
-        });
-    }
-}
-
-async fn handle(engine: &Arc<Engine>, peer: PeerId, mut stream: Stream) {
+pub(super) async fn handle(engine: &Arc<Engine>, peer: PeerId, mut stream: Stream) {
     let mut buf = Vec::new();
     let kind = match tokio::time::timeout(FIRST_FRAME, wire::read_frame(&mut stream, &mut buf, MAX_CONTROL_FRAME)).await
     {
