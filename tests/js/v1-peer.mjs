@@ -20,17 +20,7 @@
 //   {"id":4,"cmd":"stop"}
 // The process stops when stdin closes, so a parent that dies never leaves it behind.
 
-if (typeof Promise.withResolvers !== 'function') {
-  Promise.withResolvers = function withResolvers() {
-    let resolve;
-    let reject;
-    const promise = new Promise((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
-    return { promise, resolve, reject };
-  };
-}
+import { arg, emit, serveCommands } from './driver.mjs';
 
 const { createLibp2p } = await import('libp2p');
 const { tcp } = await import('@libp2p/tcp');
@@ -41,23 +31,13 @@ const { ping } = await import('@libp2p/ping');
 const { multiaddr } = await import('@multiformats/multiaddr');
 const { peerIdFromString } = await import('@libp2p/peer-id');
 const { createHash } = await import('node:crypto');
-const readline = await import('node:readline');
 
 const PROTOCOL_V1 = '/firma-sign/transfer/1.0.0';
 // Upstream caps transfers at 500 MB; a test never needs more than this.
 const MAX_MESSAGE = 64 * 1024 * 1024;
 
-function arg(name, fallback) {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
-}
-
 const listen = arg('--listen', '/ip4/127.0.0.1/tcp/0');
 const [agentName, agentVersion] = arg('--agent', 'firma-sign-upstream/1.0.0').split('/');
-
-function emit(obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n');
-}
 
 const node = await createLibp2p({
   addresses: { listen: [listen] },
@@ -173,39 +153,4 @@ async function handle(cmd) {
   }
 }
 
-let stopping = false;
-async function stop(code) {
-  if (stopping) return;
-  stopping = true;
-  await node.stop();
-  process.exit(code);
-}
-
-process.on('SIGTERM', () => stop(0));
-process.on('SIGINT', () => stop(0));
-
-emit({
-  event: 'listening',
-  peer_id: node.peerId.toString(),
-  addrs: node.getMultiaddrs().map((a) => a.toString()),
-});
-
-const lines = readline.createInterface({ input: process.stdin });
-lines.on('line', async (line) => {
-  if (line.trim() === '') return;
-  let cmd;
-  try {
-    cmd = JSON.parse(line);
-  } catch (e) {
-    emit({ id: null, ok: false, error: `not JSON: ${e.message}` });
-    return;
-  }
-  try {
-    const result = await handle(cmd);
-    emit({ id: cmd.id ?? null, ok: true, ...result });
-    if (cmd.cmd === 'stop') await stop(0);
-  } catch (e) {
-    emit({ id: cmd.id ?? null, ok: false, error: String(e?.message ?? e) });
-  }
-});
-lines.on('close', () => stop(0));
+serveCommands(node, handle);
