@@ -8,7 +8,7 @@ use firma_ipc::client::{Connection, connect, ctx};
 use firma_ipc::transfer::{
     MAX_IPC_CHUNK, NewTransfer, RecipientSpec, TransferFilter, TransferInfo, TransferState, UploadStart,
 };
-use firma_ipc::types::Role;
+use firma_ipc::types::{Role, Status};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -271,15 +271,7 @@ async fn documents_move_between_two_daemons_verified_and_receipted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejecting_inbox_fails_the_transfer_and_keeps_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Daemon::start(dir.path(), "a", InboxPolicy::Accept).await;
-    let b = Daemon::start(dir.path(), "b", InboxPolicy::Reject).await;
-    let (ca, cb) = (a.client().await, b.client().await);
-    let b_status = cb.client.status(ctx(CALL)).await.unwrap().unwrap();
-    ca.client
-        .connect(ctx(CALL), b_status.listen_addrs[0].clone())
-        .await
-        .unwrap()
-        .unwrap();
+    let (a, b, ca, cb, b_status) = connected_pair(dir.path(), InboxPolicy::Reject).await;
     let d = upload(&ca, "x.pdf", &pseudo_random(100_000, 3)).await;
     let sent = ca
         .client
@@ -310,6 +302,21 @@ async fn a_rejecting_inbox_fails_the_transfer_and_keeps_nothing() {
     b.stop().await;
 }
 
+/// A (accepting everything) and B (with `b_policy`), A connected to B, a client for each, and
+/// B's status (its peer id and addresses).
+async fn connected_pair(dir: &Path, b_policy: InboxPolicy) -> (Daemon, Daemon, Connection, Connection, Status) {
+    let a = Daemon::start(dir, "a", InboxPolicy::Accept).await;
+    let b = Daemon::start(dir, "b", b_policy).await;
+    let (ca, cb) = (a.client().await, b.client().await);
+    let b_status = cb.client.status(ctx(CALL)).await.unwrap().unwrap();
+    ca.client
+        .connect(ctx(CALL), b_status.listen_addrs[0].clone())
+        .await
+        .unwrap()
+        .unwrap();
+    (a, b, ca, cb, b_status)
+}
+
 async fn send_one(ca: &Connection, to: &str, docs: Vec<String>) -> TransferInfo {
     ca.client
         .send_transfer(
@@ -333,15 +340,7 @@ async fn send_one(ca: &Connection, to: &str, docs: Vec<String>) -> TransferInfo 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_restarted_mid_transfer_resumes_from_its_verified_chunks() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Daemon::start(dir.path(), "a", InboxPolicy::Accept).await;
-    let b = Daemon::start(dir.path(), "b", InboxPolicy::Accept).await;
-    let (ca, cb) = (a.client().await, b.client().await);
-    let b_status = cb.client.status(ctx(CALL)).await.unwrap().unwrap();
-    ca.client
-        .connect(ctx(CALL), b_status.listen_addrs[0].clone())
-        .await
-        .unwrap()
-        .unwrap();
+    let (a, b, ca, cb, b_status) = connected_pair(dir.path(), InboxPolicy::Accept).await;
     let data = pseudo_random(48 * 1024 * 1024, 11);
     let d = upload(&ca, "big.pdf", &data).await;
     let sent = send_one(&ca, &b_status.peer_id, vec![d]).await;
@@ -374,15 +373,7 @@ async fn a_receiver_restarted_mid_transfer_resumes_from_its_verified_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_chunk_rejects_the_transfer_and_nothing_is_complete() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Daemon::start(dir.path(), "a", InboxPolicy::Accept).await;
-    let b = Daemon::start(dir.path(), "b", InboxPolicy::Accept).await;
-    let (ca, cb) = (a.client().await, b.client().await);
-    let b_status = cb.client.status(ctx(CALL)).await.unwrap().unwrap();
-    ca.client
-        .connect(ctx(CALL), b_status.listen_addrs[0].clone())
-        .await
-        .unwrap()
-        .unwrap();
+    let (a, b, ca, cb, b_status) = connected_pair(dir.path(), InboxPolicy::Accept).await;
     let data = pseudo_random(1024 * 1024, 5);
     let d = upload(&ca, "c.pdf", &data).await;
     // The bytes change after they were hashed: the signed manifest no longer matches them.
@@ -459,15 +450,7 @@ async fn throughput() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_restarted_mid_transfer_resumes_from_its_outbox() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Daemon::start(dir.path(), "a", InboxPolicy::Accept).await;
-    let b = Daemon::start(dir.path(), "b", InboxPolicy::Accept).await;
-    let (ca, cb) = (a.client().await, b.client().await);
-    let b_status = cb.client.status(ctx(CALL)).await.unwrap().unwrap();
-    ca.client
-        .connect(ctx(CALL), b_status.listen_addrs[0].clone())
-        .await
-        .unwrap()
-        .unwrap();
+    let (a, b, ca, cb, b_status) = connected_pair(dir.path(), InboxPolicy::Accept).await;
     let data = pseudo_random(48 * 1024 * 1024, 13);
     let d = upload(&ca, "big.pdf", &data).await;
     let sent = send_one(&ca, &b_status.peer_id, vec![d]).await;
