@@ -294,7 +294,7 @@ impl Control for ControlService {
     async fn metrics(self, _: Context) -> Result<Metrics, IpcError> {
         use std::sync::atomic::Ordering::Relaxed;
         let c = &self.core.counters;
-        let known = self.core.read(|s| s.list_peers()).await.map(|p| p.len()).unwrap_or(0);
+        let known = self.core.read(|s| s.peer_total()).await.unwrap_or(0);
         let store = self.core.store.status();
         let m = |name: &str, help: &str, kind: MetricKind, value: f64| Metric {
             name: name.to_owned(),
