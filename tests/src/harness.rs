@@ -427,7 +427,12 @@ impl Daemon {
 
     /// Dial `other` over loopback TCP through the API and wait until both list each other as connected.
     pub async fn connect_to(&self, other: &Daemon) -> anyhow::Result<ConnectOutcome> {
-        let addr = other.tcp_addr().await?;
+        self.connect_over(other, "/tcp/").await
+    }
+
+    /// Like [`Daemon::connect_to`], over the first listen address of `other` that contains `proto`.
+    pub async fn connect_over(&self, other: &Daemon, proto: &str) -> anyhow::Result<ConnectOutcome> {
+        let addr = other.listen_addr(proto).await?;
         let out = self.connect(&addr).await?;
         if out.peer_id != other.peer_id() {
             bail!("dialled {addr} of `{}` but reached {}", other.name(), out.peer_id);

@@ -79,7 +79,7 @@ impl Engine {
                 created_ms: now_ms(),
                 sha256: None,
                 chunk_size: 0,
-                chunk_sha256_hex: String::new(),
+                chunk_hashes_hex: String::new(),
             };
             blobs::write_meta(&blobs.upload_meta(&id), &meta).map_err(io)?;
             Ok(id)
@@ -135,7 +135,7 @@ impl Engine {
             }
             meta.sha256 = Some(sha.clone());
             meta.chunk_size = chunk;
-            meta.chunk_sha256_hex = hex::encode(chunks);
+            meta.chunk_hashes_hex = hex::encode(chunks);
             fs::rename(&part, blobs.staged(&id)).map_err(io)?;
             blobs::write_meta(&blobs.staged_meta(&id), &meta).map_err(io)?;
             let _ = fs::remove_file(&meta_path);
@@ -197,12 +197,14 @@ impl Engine {
             for (i, d) in docs_ids.iter().enumerate() {
                 let meta = blobs::read_meta(&blobs.staged_meta(d))
                     .map_err(|_| IpcError::not_found(format!("no staged document {d}; upload it first")))?;
-                let (sha256, chunk_sha256) = match (&meta.sha256, meta.chunk_size == chunk) {
+                let fresh = meta.chunk_size == chunk && !meta.chunk_hashes_hex.is_empty();
+                let (sha256, chunk_hashes) = match (&meta.sha256, fresh) {
                     (Some(s), true) => (
                         s.clone(),
-                        hex::decode(&meta.chunk_sha256_hex).map_err(|e| IpcError::internal(e.to_string()))?,
+                        hex::decode(&meta.chunk_hashes_hex).map_err(|e| IpcError::internal(e.to_string()))?,
                     ),
-                    // Staged under another chunk size (config changed): hash again.
+                    // Staged under another chunk size (config changed) or before chunk hashes were BLAKE3:
+                    // hash again.
                     _ => {
                         let (s, c, _) = blobs::hash_file(&blobs.staged(d), chunk).map_err(io)?;
                         (s, c)
@@ -215,7 +217,7 @@ impl Engine {
                     size: meta.size,
                     mime_type: meta.mime_type,
                     sha256,
-                    chunk_sha256,
+                    chunk_hashes,
                 });
             }
             Ok(out)

@@ -14,7 +14,9 @@ use libp2p::{PeerId, Stream};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::manifest::{MANIFEST_VERSION, MAX_DOCUMENTS, MAX_FILE_NAME, MAX_MIME, Manifest, ManifestDoc, valid_id};
+use super::manifest::{
+    MANIFEST_VERSION, MAX_DOCUMENTS, MAX_FILE_NAME, MAX_MIME, Manifest, ManifestDoc, chunk_digest, valid_id,
+};
 use super::send::Outcome;
 use super::{Engine, PROTOCOL_V1};
 use crate::config::InboxPolicy;
@@ -196,18 +198,14 @@ async fn store(engine: &Arc<Engine>, peer: PeerId, json: &[u8]) -> Result<(), St
             let part = blobs.incoming_doc(&id, i, &d.file_name, true);
             std::fs::write(&part, &d.bytes).map_err(|e| format!("writing {}: {e}", part.display()))?;
             std::fs::rename(&part, &path).map_err(|e| format!("renaming {}: {e}", path.display()))?;
-            let chunk_sha256 = d
-                .bytes
-                .chunks(chunk as usize)
-                .flat_map(|c| Sha256::digest(c).to_vec())
-                .collect();
+            let chunk_hashes = d.bytes.chunks(chunk as usize).flat_map(chunk_digest).collect();
             out.push(ManifestDoc {
                 id: d.id,
                 file_name: d.file_name,
                 size: d.bytes.len() as u64,
                 mime_type: d.mime_type,
                 sha256: d.sha256,
-                chunk_sha256,
+                chunk_hashes,
             });
         }
         Ok::<_, String>(out)

@@ -73,7 +73,7 @@ pub struct ManifestDoc {
     pub mime_type: String,
     pub sha256: String,
     #[serde(with = "serde_bytes")]
-    pub chunk_sha256: Vec<u8>,
+    pub chunk_hashes: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,7 +114,7 @@ impl Manifest {
     /// with hashes that match the bytes.
     pub fn of(transfer_id: &str, sender: &PeerId, to: &str, bytes: &[u8], chunk_size: u32) -> Manifest {
         Manifest {
-            version: 2,
+            version: 3,
             transfer_id: transfer_id.to_owned(),
             sender: sender.to_string(),
             chunk_size,
@@ -124,9 +124,9 @@ impl Manifest {
                 size: bytes.len() as u64,
                 mime_type: "application/pdf".to_owned(),
                 sha256: hex(&Sha256::digest(bytes)),
-                chunk_sha256: bytes
+                chunk_hashes: bytes
                     .chunks(chunk_size as usize)
-                    .flat_map(|c| Sha256::digest(c).to_vec())
+                    .flat_map(|c| *blake3::hash(c).as_bytes())
                     .collect(),
             }],
             recipients: vec![ManifestRecipient {
