@@ -282,6 +282,11 @@ pub fn spawn_churn(
                 .is_ok_and(|p| p.iter().any(|p| p.peer_id == peer_id))
         };
         let mut rounds = 0u32;
+        // Start at a random point of the pace, so that several churners do not connect in lockstep
+        // (their bursts of events would arrive together, which independent peers do not do).
+        if !pace.is_zero() {
+            tokio::time::sleep(pace.mul_f64(rand::random::<f64>())).await;
+        }
         while !stop.load(Ordering::Relaxed) {
             flatten(c.connect(ctx(CALL_TIMEOUT), target.clone()).await).context("churn: connect")?;
             wait_for(CHURN_TIMEOUT, "the peer to connect", connected).await?;

@@ -16,6 +16,7 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use firma_ipc::event::Event;
 use firma_ipc::transfer::{TransferDirection, TransferState};
+use futures::SinkExt as _;
 use rand::RngCore as _;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
@@ -24,6 +25,7 @@ use crate::daemon_link::{Published, ctx};
 use crate::metrics::{GaugeGuard, inc};
 use crate::state::{AppState, now_ms};
 use crate::ws::{Beat, Heartbeat, Presence, admit, close_for_shutdown, is_ping, transport_status};
+use crate::ws_split::{Inbound, Split, split};
 
 /// Peers one client may follow at once.
 pub const MAX_SUBSCRIPTIONS: usize = 1024;
@@ -123,7 +125,7 @@ async fn document_count(state: &AppState, id: &str) -> usize {
 }
 
 struct Client {
-    socket: WebSocket,
+    socket: Split,
     state: AppState,
     subscriptions: HashSet<String>,
 }
@@ -136,6 +138,7 @@ struct Stop {
 impl Client {
     async fn send(&mut self, text: Utf8Bytes) -> Result<(), Stop> {
         self.socket
+            .sink
             .send(Message::Text(text))
             .await
             .map_err(|_| Stop { shutdown: false })?;
@@ -232,10 +235,10 @@ impl Client {
                 msg = self.socket.recv() => {
                     beat.heard();
                     match msg {
-                        Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await?,
-                        Some(Ok(Message::Binary(_))) => self.error("Invalid message format").await?,
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(Stop { shutdown: false }),
+                        Inbound::Text(t) => self.on_text(t.as_str()).await?,
+                        Inbound::Binary => self.error("Invalid message format").await?,
+                        Inbound::Control => {}
+                        Inbound::Gone => return Err(Stop { shutdown: false }),
                     }
                 }
                 p = rx.recv() => match p {
@@ -249,7 +252,7 @@ impl Client {
                 },
                 _ = ticker.tick() => match beat.tick() {
                     Beat::Quiet => {}
-                    Beat::Ping => self.socket.send(Message::Ping(Default::default())).await.map_err(|_| Stop { shutdown: false })?,
+                    Beat::Ping => self.socket.sink.send(Message::Ping(Default::default())).await.map_err(|_| Stop { shutdown: false })?,
                     Beat::Dead => return Err(Stop { shutdown: false }),
                 },
             }
@@ -261,7 +264,7 @@ async fn run(socket: WebSocket, state: AppState) {
     let _gauge = GaugeGuard::new(&state.metrics.explorer_clients);
     let _presence = Presence::new(&state);
     let mut client = Client {
-        socket,
+        socket: split(socket),
         state: state.clone(),
         subscriptions: HashSet::new(),
     };
@@ -274,7 +277,7 @@ async fn run(socket: WebSocket, state: AppState) {
     let held = client.subscriptions.len() as u64;
     state.ws_stats.subscriptions.fetch_sub(held, Ordering::Relaxed);
     if let Err(Stop { shutdown: true }) = end {
-        close_for_shutdown(&mut client.socket, &state).await;
+        close_for_shutdown(&mut client.socket.sink, &state).await;
     }
 }
 

@@ -17,6 +17,7 @@ pub mod routes;
 pub mod security;
 pub mod state;
 pub mod ws;
+pub mod ws_split;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd as _, OwnedFd};

@@ -33,6 +33,7 @@ use crate::daemon_link::{Published, ctx, envelope_json};
 use crate::error::ApiError;
 use crate::metrics::{GaugeGuard, inc};
 use crate::state::{AppState, now_ms};
+use crate::ws_split::{Inbound, Sink, Split, split};
 
 /// Close code 1012 "service restart": the client should reconnect (with `since`).
 pub const CLOSE_RESTART: u16 = 1012;
@@ -97,7 +98,7 @@ pub fn transport_status(online: bool) -> Utf8Bytes {
 }
 
 /// Close the socket with a code that says why: 1012 on reload (come back), 1001 on stop.
-pub async fn close_for_shutdown(socket: &mut WebSocket, state: &AppState) {
+pub async fn close_for_shutdown(socket: &mut Sink, state: &AppState) {
     let (code, reason) = if state.shutdown.is_reload() {
         (CLOSE_RESTART, "service restart")
     } else {
@@ -184,7 +185,7 @@ enum End {
 }
 
 struct Client {
-    socket: WebSocket,
+    socket: Split,
     state: AppState,
     /// The newest seq this client has (snapshot or event); `None` until it has a snapshot.
     last: Option<u64>,
@@ -194,7 +195,11 @@ struct Client {
 
 impl Client {
     async fn send(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        self.socket.send(Message::Text(text)).await.map_err(|_| End::Gone)?;
+        self.socket
+            .sink
+            .send(Message::Text(text))
+            .await
+            .map_err(|_| End::Gone)?;
         inc(&self.state.metrics.ws_messages_sent);
         Ok(())
     }
@@ -281,6 +286,7 @@ impl Client {
                 if self.last.is_some_and(|l| *seq > l) {
                     // Buffered only; the receive loop flushes after the burst.
                     self.socket
+                        .sink
                         .feed(Message::Text(json.clone()))
                         .await
                         .map_err(|_| End::Gone)?;
@@ -359,13 +365,12 @@ impl Client {
                 msg = self.socket.recv() => {
                     beat.heard();
                     match msg {
-                        Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await?,
-                        Some(Ok(Message::Binary(_))) => {
+                        Inbound::Text(t) => self.on_text(t.as_str()).await?,
+                        Inbound::Binary => {
                             self.send_json(json!({"type": "error", "error": "binary messages are not supported"})).await?
                         }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        // Closed, or broken (an oversized message ends up here): the client is gone.
-                        Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(End::Gone),
+                        Inbound::Control => {}
+                        Inbound::Gone => return Err(End::Gone),
                     }
                 }
                 p = rx.recv() => {
@@ -381,11 +386,11 @@ impl Client {
                         };
                         self.on_recv(more, &mut rx).await?;
                     }
-                    self.socket.flush().await.map_err(|_| End::Gone)?;
+                    self.socket.sink.flush().await.map_err(|_| End::Gone)?;
                 }
                 _ = ticker.tick() => match beat.tick() {
                     Beat::Quiet => {}
-                    Beat::Ping => self.socket.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)?,
+                    Beat::Ping => self.socket.sink.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)?,
                     Beat::Dead => return Err(End::Gone),
                 },
             }
@@ -397,7 +402,7 @@ async fn run(socket: WebSocket, state: AppState, q: WsQuery) {
     let _gauge = GaugeGuard::new(&state.metrics.ws_clients);
     let _presence = Presence::new(&state);
     let mut client = Client {
-        socket,
+        socket: split(socket),
         state: state.clone(),
         last: None,
         resume: None,
@@ -410,6 +415,6 @@ async fn run(socket: WebSocket, state: AppState, q: WsQuery) {
         _ = shutdown.cancelled() => Err(End::Shutdown),
     };
     if let Err(End::Shutdown) = end {
-        close_for_shutdown(&mut client.socket, &state).await;
+        close_for_shutdown(&mut client.socket.sink, &state).await;
     }
 }

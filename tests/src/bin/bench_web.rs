@@ -1,6 +1,7 @@
 //! bench_web: firma-web measured from outside, as its clients see it.
 //!
 //! Usage: bench_web [--reloads N] [--clients N,N,..] [--churn-secs S] [--peers N] [--pace-ms MS]
+//!                  [--peer-nice N]
 //! (build release binaries first: `cargo build --release -p firma-daemon -p firma-web`, then
 //! `cargo run --release -p firma-tests --bin bench_web`).
 //!
@@ -17,7 +18,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use firma_tests::harness::spawn_many;
 use firma_tests::web::{IO_TIMEOUT, Web, WebOpts, WsMsg, http, spawn_churn};
 use firma_tests::{Daemon, DaemonOpts};
 use hdrhistogram::Histogram;
@@ -31,6 +31,8 @@ struct Args {
     peers: usize,
     /// Pause between a peer's connect/disconnect rounds; zero churns as fast as the daemon goes.
     pace: Duration,
+    /// Niceness of the churning peer daemons.
+    peer_nice: i32,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -40,6 +42,7 @@ fn parse_args() -> anyhow::Result<Args> {
         churn: Duration::from_secs(10),
         peers: 4,
         pace: Duration::ZERO,
+        peer_nice: 19,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -50,7 +53,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--churn-secs" => a.churn = Duration::from_secs(v.parse::<u64>()?.max(1)),
             "--peers" => a.peers = v.parse::<usize>()?.max(1),
             "--pace-ms" => a.pace = Duration::from_millis(v.parse()?),
-            _ => bail!("usage: bench_web [--reloads N] [--clients N,N] [--churn-secs S] [--peers N] [--pace-ms MS]"),
+            "--peer-nice" => a.peer_nice = v.parse()?,
+            _ => bail!(
+                "usage: bench_web [--reloads N] [--clients N,N] [--churn-secs S] [--peers N] [--pace-ms MS] [--peer-nice N]"
+            ),
         }
     }
     Ok(a)
@@ -263,7 +269,14 @@ async fn main() -> anyhow::Result<()> {
     println!("web binary: {}", firma_tests::web::web_bin()?.display());
     let daemon = Daemon::spawn(DaemonOpts::named("bench-web")).await?;
     bench_reloads(&daemon, args.reloads).await?;
-    let peers = spawn_many("bench-web-peer", args.peers).await?;
+    // The churning peers stand in for other machines: on this one they only get the CPU the
+    // followed daemon, firma-web and the clients leave, instead of competing with what is measured.
+    let peers = futures::future::try_join_all((0..args.peers).map(|i| {
+        let mut o = DaemonOpts::named(&format!("bench-web-peer{i}"));
+        o.wrapper = vec!["nice".to_owned(), "-n".to_owned(), args.peer_nice.to_string()];
+        Daemon::spawn(o)
+    }))
+    .await?;
     for &n in &args.clients {
         bench_fanout(&daemon, &peers, n, args.churn, args.pace).await?;
     }
