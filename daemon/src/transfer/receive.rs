@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -44,6 +45,8 @@ pub(crate) struct Session {
     pub manifest: Manifest,
     /// Open partial files; `None` for documents already complete.
     files: Vec<Option<Arc<File>>>,
+    /// The partial file of each document, for error messages.
+    paths: Vec<PathBuf>,
     held: Mutex<Vec<Vec<bool>>>,
     /// Per document, the whole-document SHA-256 computed as chunks arrive in order, so that
     /// finishing does not need a second pass over the file. Lock order: `whole[d]` before `held`.
@@ -382,14 +385,16 @@ async fn open_session(
 ) -> std::io::Result<Arc<Session>> {
     let blobs = engine.blobs.clone();
     let (id, complete, m2) = (rec.id.clone(), rec.docs_complete.clone(), m.clone());
-    let (files, held) = tokio::task::spawn_blocking(move || {
+    let (files, paths, held) = tokio::task::spawn_blocking(move || {
         blobs.mkdir(&blobs.incoming_dir(&id))?;
         let mut files = Vec::new();
+        let mut paths = Vec::new();
         let mut held = Vec::new();
         for (i, d) in m2.documents.iter().enumerate() {
             let n = d.chunks(m2.chunk_size) as usize;
             if complete.get(i).copied().unwrap_or(false) {
                 files.push(None);
+                paths.push(blobs.incoming_doc(&id, i, &d.file_name, false));
                 held.push(vec![true; n]);
                 continue;
             }
@@ -403,8 +408,9 @@ async fn open_session(
             let f = blobs::open_part(&path, d.size)?;
             held.push(blobs::scan_part(&path, d, m2.chunk_size)?);
             files.push(Some(Arc::new(f)));
+            paths.push(path);
         }
-        Ok::<_, std::io::Error>((files, held))
+        Ok::<_, std::io::Error>((files, paths, held))
     })
     .await
     .map_err(std::io::Error::other)??;
@@ -427,6 +433,7 @@ async fn open_session(
         peer,
         manifest: m,
         files,
+        paths,
         whole: (0..held.len())
             .map(|_| {
                 Mutex::new(WholeHash {
@@ -721,7 +728,20 @@ async fn on_chunk(
             return (frame, Err(ChunkFault::Peer(why)));
         }
         if let Err(e) = file.write_all_at(&frame[8..], offset) {
-            return (frame, Err(ChunkFault::Local(format!("writing: {e}"))));
+            let path = s
+                .paths
+                .get(d as usize)
+                .map_or_else(String::new, |p| p.display().to_string());
+            let hint = match e.kind() {
+                std::io::ErrorKind::StorageFull => {
+                    "; free space under the state dir and the sender resumes on its next try"
+                }
+                _ => "",
+            };
+            return (
+                frame,
+                Err(ChunkFault::Local(format!("writing chunk {i} to {path}: {e}{hint}"))),
+            );
         }
         if let Some(slot) = s
             .held
