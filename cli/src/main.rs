@@ -193,7 +193,7 @@ until the peer is reachable or the deadline passes. Ctrl-C stops following; the 
         #[arg(long, value_name = "TEXT", default_value = "rejected by the recipient's operator")]
         reason: String,
     },
-    /// Cancel a transfer that has not finished.
+    /// Cancel a transfer that has not finished (an incoming one ends `rejected`: the sender is told).
     #[command(after_help = "Example:\n  firmactl cancel V1StGXR8_Z5jdHi6B-myT")]
     Cancel(TransferArg),
     /// Download a received document to a file (written whole or not at all, its SHA-256 checked).

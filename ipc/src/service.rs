@@ -62,6 +62,8 @@ pub trait Control {
     async fn send_transfer(transfer: NewTransfer) -> Result<TransferInfo, IpcError>;
     async fn transfers(filter: TransferFilter) -> Result<Vec<TransferInfo>, IpcError>;
     async fn transfer(id: String) -> Result<TransferInfo, IpcError>;
+    /// Stops a transfer that has not finished: an outgoing one ends `cancelled`, an incoming one
+    /// `rejected` (the receiving side has no cancelled state; the sender is told it was refused).
     async fn cancel_transfer(id: String) -> Result<TransferInfo, IpcError>;
     async fn accept_transfer(id: String) -> Result<TransferInfo, IpcError>;
     async fn reject_transfer(id: String, reason: String) -> Result<TransferInfo, IpcError>;

@@ -305,7 +305,10 @@ async fn explorer_in_a_real_browser() -> anyhow::Result<()> {
         .wait(
             "a",
             "the reconnecting state",
-            "explorer.conn.state === 'reconnecting' && document.getElementById('conn-text').textContent",
+            // The model changes at once, the header on the next frame: wait for the header.
+            "explorer.conn.state === 'reconnecting' \
+             && document.getElementById('conn-text').textContent.startsWith('Reconnecting') \
+             && document.getElementById('conn-text').textContent",
         )
         .await?;
     ensure!(

@@ -307,8 +307,15 @@ impl Engine {
                         super::phase_state(rec.phase)
                     )));
                 }
-                rec.phase = TransferPhase::Cancelled;
-                rec.error = Some("cancelled by this side".to_owned());
+                // The receiving side has no `cancelled` state: stopping an incoming transfer is
+                // refusing it, and the sender is told it was rejected.
+                if rec.direction == TransferDir::Incoming {
+                    rec.phase = TransferPhase::Rejected;
+                    rec.error = Some("cancelled by the recipient".to_owned());
+                } else {
+                    rec.phase = TransferPhase::Cancelled;
+                    rec.error = Some("cancelled by this side".to_owned());
+                }
                 Ok(())
             })
             .await?;

@@ -302,6 +302,40 @@ async fn a_rejecting_inbox_fails_the_transfer_and_keeps_nothing() {
     b.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_an_incoming_transfer_rejects_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, ca, cb, b_status) = connected_pair(dir.path(), InboxPolicy::Ask).await;
+    let d = upload(&ca, "x.pdf", &pseudo_random(100_000, 5)).await;
+    let sent = send_one(&ca, &b_status.peer_id, vec![d]).await;
+    // B's operator is asked; instead of answering, they cancel it.
+    wait_for("B to hold the offer", Duration::from_secs(30), || async {
+        get(&cb, &sent.id).await.filter(|t| t.state == TransferState::Pending)
+    })
+    .await;
+    let cancelled = cb
+        .client
+        .cancel_transfer(ctx(CALL), sent.id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cancelled.state, TransferState::Rejected, "{cancelled:?}");
+    let failed = wait_for("A to see the refusal", Duration::from_secs(30), || async {
+        get(&ca, &sent.id).await.filter(|t| t.state == TransferState::Failed)
+    })
+    .await;
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("rejected by the recipient")),
+        "{failed:?}"
+    );
+    drop((ca, cb));
+    a.stop().await;
+    b.stop().await;
+}
+
 /// A (accepting everything) and B (with `b_policy`), A connected to B, a client for each, and
 /// B's status (its peer id and addresses).
 async fn connected_pair(dir: &Path, b_policy: InboxPolicy) -> (Daemon, Daemon, Connection, Connection, Status) {
