@@ -32,6 +32,14 @@ pub enum StoreError {
         map_size_bytes: u64,
         ceiling_bytes: u64,
     },
+    /// The file system holding the store is full (or over quota): this batch was not written.
+    /// Nothing stored earlier is affected, and writes work again once there is room.
+    #[error(
+        "store at {}: the disk is full, so this change was not saved; free space on that file system \
+         (everything stored before is intact, and writing resumes by itself once there is room)",
+        dir.display()
+    )]
+    DiskFull { dir: PathBuf },
     /// A file-system operation on the store directory failed.
     #[error("store directory {}: {action}: {source}", path.display())]
     Io {
@@ -99,6 +107,28 @@ impl From<StoreError> for Fail {
 }
 
 impl Fail {
+    /// A full file system under the store: ENOSPC or EDQUOT, or EIO while almost no space is
+    /// left (LMDB reports a short page write as EIO). LMDB aborted the transaction and left the
+    /// environment as it was; a failure while writing its meta page would instead surface as
+    /// MDB_PANIC on the next transaction, which marks the store unhealthy as any other write
+    /// failure does.
+    // `blocks_available` is u64 on Linux but u32 on macOS: the conversion is needed there.
+    #[allow(clippy::useless_conversion)]
+    pub(super) fn is_disk_full(&self, dir: &std::path::Path) -> bool {
+        use nix::errno::Errno;
+        /// Below this much free space, an EIO from a write is taken for a full disk.
+        const LOW_SPACE: u64 = 1 << 20;
+        let Fail::Heed(heed::Error::Io(e)) = self else {
+            return false;
+        };
+        match e.raw_os_error().map(Errno::from_raw) {
+            Some(Errno::ENOSPC | Errno::EDQUOT) => true,
+            Some(Errno::EIO) => nix::sys::statvfs::statvfs(dir)
+                .is_ok_and(|s| u64::from(s.blocks_available()).saturating_mul(s.fragment_size()) < LOW_SPACE),
+            _ => false,
+        }
+    }
+
     pub(super) fn is_map_full(&self) -> bool {
         matches!(self, Fail::Heed(heed::Error::Mdb(heed::MdbError::MapFull)))
     }

@@ -13,7 +13,9 @@
 //!
 //! Health: a value failing validation, or a failed write, marks the store unhealthy (with a
 //! detail saying what and what to do). Reads keep working where the data is valid; every later
-//! `apply` is refused without writing, until an operator acts and the daemon restarts.
+//! `apply` is refused without writing, until an operator acts and the daemon restarts. A full
+//! disk is the exception: that batch fails with `DiskFull`, the store stays healthy, and the
+//! next batch is tried as usual.
 
 mod codec;
 mod env;
@@ -331,8 +333,9 @@ impl Store {
 
     /// Applies every op in ONE write transaction: one durable commit, all or nothing. Refused
     /// without writing when the store is unhealthy or an op is invalid. A full map is grown
-    /// (doubled, up to the ceiling) and the transaction retried once. Any failure to write
-    /// marks the store unhealthy.
+    /// (doubled, up to the ceiling) and the transaction retried once. A full disk fails the
+    /// batch with `DiskFull` and nothing else; any other failure to write marks the store
+    /// unhealthy.
     pub fn apply(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
         if let Some(detail) = self.unhealthy_detail() {
             return Err(StoreError::Unhealthy(detail));
@@ -352,11 +355,12 @@ impl Store {
             }
             batch.finish(txn, history_retention, audit_retention)
         });
-        if let Err(e) = &result
-            && !matches!(e, StoreError::Corrupt { .. })
-        {
+        match &result {
             // Corrupt values have marked the store already, with their own detail.
-            self.mark_unhealthy(format!("a write failed, so writes are refused until a restart: {e}"));
+            Ok(()) | Err(StoreError::Corrupt { .. }) => {}
+            // Transient: nothing was written and the environment is intact; later writes retry.
+            Err(e @ StoreError::DiskFull { .. }) => tracing::error!(error = %e, "store write refused"),
+            Err(e) => self.mark_unhealthy(format!("a write failed, so writes are refused until a restart: {e}")),
         }
         result
     }
@@ -385,16 +389,22 @@ impl Store {
         mut f: impl FnMut(&mut RwTxn, &Tables) -> Result<T, Fail>,
     ) -> Result<T, StoreError> {
         let _writer = self.inner.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        match self.write_once(&mut f) {
+        let result = match self.write_once(&mut f) {
             Err(fail) if fail.is_map_full() => {
                 self.grow_map()?;
                 match self.write_once(&mut f) {
-                    Err(fail) if fail.is_map_full() => Err(self.map_full_error()),
-                    other => other.map_err(|f| self.to_error(f, action)),
+                    Err(fail) if fail.is_map_full() => return Err(self.map_full_error()),
+                    other => other,
                 }
             }
-            other => other.map_err(|f| self.to_error(f, action)),
-        }
+            other => other,
+        };
+        result.map_err(|fail| match fail.is_disk_full(&self.inner.dir) {
+            true => StoreError::DiskFull {
+                dir: self.inner.dir.clone(),
+            },
+            false => self.to_error(fail, action),
+        })
     }
 
     fn write_once<T>(&self, f: &mut impl FnMut(&mut RwTxn, &Tables) -> Result<T, Fail>) -> Result<T, Fail> {

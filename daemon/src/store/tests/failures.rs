@@ -258,3 +258,83 @@ fn values_at_odd_lmdb_offsets_read_back() {
     }
     assert_eq!(store.status().health, StoreHealth::Healthy);
 }
+
+/// Unmounts on drop, however the test ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn mount(args: &[&str], target: &std::path::Path) {
+    let out = std::process::Command::new("mount")
+        .args(args)
+        .arg(target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_full_disk_fails_the_batch_only_and_writing_resumes_when_there_is_room() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test mounts a tmpfs and needs root (CI runs as root)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = tmp.path().join("fs");
+    std::fs::create_dir(&fs).unwrap();
+    mount(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"], &fs);
+    let _mounted = Mounted(fs.clone());
+    let dir = Store::dir_in(&fs);
+    let opts = OpenOptions {
+        audit_retention: 1_000_000,
+        ..options()
+    };
+    let store = Store::open_with(&dir, opts, NOW).unwrap();
+    store.apply(&[seen("first", "/ip4/127.0.0.1/tcp/1", 1)]).unwrap();
+
+    // Audit rows until the file system is full (1 MiB holds a few thousand).
+    let mut n = 0u64;
+    let err = loop {
+        let batch: Vec<StoreOp> = (0..200).map(|i| audit(n * 200 + i)).collect();
+        match store.apply(&batch) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 1000, "a 1 MiB file system never filled up");
+    };
+    assert!(matches!(err, StoreError::DiskFull { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&dir.display().to_string()) && text.contains("free space"),
+        "{text}"
+    );
+    assert_eq!(store.status().health, StoreHealth::Healthy);
+    assert!(store.get_peer("first").unwrap().is_some(), "earlier data intact");
+
+    // Room again: the same store writes, and everything is there.
+    mount(&["-o", "remount,size=64m"], &fs);
+    store.apply(&[seen("after", "/ip4/127.0.0.1/tcp/2", 2)]).unwrap();
+    assert!(store.get_peer("first").unwrap().is_some() && store.get_peer("after").unwrap().is_some());
+    assert_eq!(store.status().health, StoreHealth::Healthy);
+    drop(store);
+    let reopened = Store::open_with(&dir, opts_for_reopen(), NOW).unwrap();
+    assert!(
+        reopened.get_peer("after").unwrap().is_some(),
+        "committed after the full disk, and durable"
+    );
+}
+
+fn opts_for_reopen() -> OpenOptions {
+    OpenOptions {
+        audit_retention: 1_000_000,
+        ..options()
+    }
+}
