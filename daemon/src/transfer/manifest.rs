@@ -17,6 +17,8 @@ use super::wire::{MAX_CHUNK, Signed};
 const MANIFEST_DOMAIN: &[u8] = b"firma-sign/transfer/2 manifest\n";
 const RECEIPT_DOMAIN: &[u8] = b"firma-sign/transfer/2 receipt\n";
 
+/// 3: chunk hashes are BLAKE3 (version 2 had SHA-256 ones); a peer on another version is refused
+/// with both numbers in the reason.
 pub const MANIFEST_VERSION: u32 = 3;
 /// Limits on what a peer's manifest may carry; anything past them is refused whole.
 pub const MAX_DOCUMENTS: usize = 64;
