@@ -41,6 +41,10 @@ pub struct StoreStatus {
     pub detail: Option<String>,
     pub map_size_bytes: u64,
     pub used_bytes: u64,
+    /// Bytes free to the daemon on the file system holding the store (and, in the default
+    /// layout, the received documents); `None` when it could not be read.
+    #[serde(default)]
+    pub disk_free_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

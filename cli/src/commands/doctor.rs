@@ -269,6 +269,7 @@ async fn daemon(path: &Path, timeout: Duration) -> (Vec<Finding>, Option<Status>
             "the daemon refuses writes: stop it, move the state directory's store/ aside or restore a backup, start it again",
         ),
     });
+    f.push(disk(status.store.disk_free_bytes));
     f.push(if status.listen_addrs.is_empty() {
         warn(
             "listeners",
@@ -279,6 +280,30 @@ async fn daemon(path: &Path, timeout: Duration) -> (Vec<Finding>, Option<Status>
         ok("listeners", status.listen_addrs.join(", "))
     });
     (f, Some(status))
+}
+
+/// Below this much free space on the store's file system, doctor warns: a received document
+/// or the store's next commit may not fit.
+const LOW_DISK: u64 = 1 << 30;
+
+fn disk(free: Option<u64>) -> Finding {
+    const FIX: &str = "free space on the file system holding the daemon's state dir, or move state_dir there \
+                       (received documents and the store stop being written when it is full; both resume once there is room)";
+    match free {
+        None => warn("disk", "the daemon could not read its file system's free space", FIX),
+        Some(n) if n < LOW_DISK => warn(
+            "disk",
+            format!(
+                "{} free on the file system holding the daemon's store",
+                crate::format::bytes(n)
+            ),
+            FIX,
+        ),
+        Some(n) => ok(
+            "disk",
+            format!("{} free for the daemon's state", crate::format::bytes(n)),
+        ),
+    }
 }
 
 /// TCP ports the daemon listens on, from its status, or the default one.
@@ -469,6 +494,16 @@ mod tests {
     }
 
     #[test]
+    fn little_free_disk_is_a_warning_that_says_where_and_what_to_do() {
+        let low = disk(Some(100 << 20));
+        assert_eq!(low.level, Level::Warn);
+        assert!(low.message.contains("100.0 MiB"), "{}", low.message);
+        assert!(low.fix.as_deref().unwrap_or("").contains("state_dir"));
+        assert_eq!(disk(None).level, Level::Warn);
+        assert_eq!(disk(Some(50 << 30)).level, Level::Ok);
+    }
+
+    #[test]
     fn world_open_socket_is_a_failure_with_chmod() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.sock");
@@ -517,6 +552,7 @@ mod tests {
                 detail: None,
                 map_size_bytes: 0,
                 used_bytes: 0,
+                disk_free_bytes: None,
             },
             event_head: 0,
         };

@@ -27,6 +27,9 @@ fn render(s: &Status) -> String {
         format::bytes(s.store.used_bytes),
         format::bytes(s.store.map_size_bytes)
     );
+    if let Some(free) = s.store.disk_free_bytes {
+        store.push_str(&format!(", {} free on disk", format::bytes(free)));
+    }
     if let Some(detail) = &s.store.detail {
         store.push('\n');
         store.push_str(detail);
@@ -78,6 +81,7 @@ mod tests {
                 detail: Some("peers table failed validation; run firma-transportd --repair".into()),
                 map_size_bytes: 1 << 30,
                 used_bytes: 3 << 20,
+                disk_free_bytes: Some(5 << 30),
             },
             event_head: 42,
         };
@@ -87,7 +91,9 @@ mod tests {
         assert!(text.contains("uptime      1m 1s"));
         assert!(text.contains("2 connected, 5 known, 1 pinned"));
         assert!(text.contains("mdns off, dht on"));
-        assert!(text.contains("UNHEALTHY (writes refused), 3.0 MiB of 1.0 GiB used\n            peers table failed"));
+        assert!(text.contains(
+            "UNHEALTHY (writes refused), 3.0 MiB of 1.0 GiB used, 5.0 GiB free on disk\n            peers table failed"
+        ));
         assert!(text.ends_with("event head  42"));
     }
 }

@@ -379,6 +379,12 @@ impl Control for ControlService {
                     store.used_bytes as f64,
                 ),
                 m(
+                    "firma_disk_free_bytes",
+                    "Bytes free on the file system holding the store",
+                    Gauge,
+                    store.disk_free_bytes.unwrap_or(0) as f64,
+                ),
+                m(
                     "firma_store_map_bytes",
                     "Size of the LMDB map",
                     Gauge,

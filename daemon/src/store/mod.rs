@@ -215,7 +215,7 @@ impl Store {
         Ok(())
     }
 
-    /// Health, why unhealthy, the map size and how much of it is used.
+    /// Health, why unhealthy, the map size, how much of it is used, and the disk's free space.
     pub fn status(&self) -> StoreStatus {
         let (map_size, used) = {
             let _gate = self.gate();
@@ -236,6 +236,7 @@ impl Store {
             detail,
             map_size_bytes: map_size as u64,
             used_bytes: used as u64,
+            disk_free_bytes: disk_free(&self.inner.dir),
         }
     }
 
@@ -485,4 +486,12 @@ fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Bytes free to an unprivileged writer on the file system holding `dir`.
+// `blocks_available` is u64 on Linux but u32 on macOS: the conversion is needed there.
+#[allow(clippy::useless_conversion)]
+fn disk_free(dir: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(u64::from(s.blocks_available()).saturating_mul(s.fragment_size()))
 }

@@ -71,7 +71,8 @@ pub async fn info(State(state): State<AppState>) -> Json<Value> {
         .unwrap_or(0);
     let storage = match &status {
         Ok(s) => {
-            json!({"health": s.store.health, "usedBytes": s.store.used_bytes, "mapSizeBytes": s.store.map_size_bytes})
+            json!({"health": s.store.health, "usedBytes": s.store.used_bytes, "mapSizeBytes": s.store.map_size_bytes,
+                   "diskFreeBytes": s.store.disk_free_bytes})
         }
         Err(_) => json!({}),
     };
