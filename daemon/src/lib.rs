@@ -113,7 +113,16 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
     };
     let redials = seeds.iter().filter(|s| s.redial).count();
     let net_token = ctl.shutdown.child_token();
-    let net = network::spawn(keypair, &config.network, config.dev, seeds, banned, net_token.clone()).await?;
+    let mut net = network::spawn(
+        keypair,
+        &config.network,
+        config.dev,
+        seeds,
+        banned,
+        net_token.clone(),
+        &transfer::PROTOCOLS,
+    )
+    .await?;
 
     // Everything that needed root is open: hand our files over and drop privileges for good.
     if let Some(t) = &drop_to {
@@ -162,6 +171,7 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
             retry: config.network.retry.clone(),
             state_dir: config.state_dir.clone(),
             streams: net.streams.0.clone(),
+            incoming: std::mem::take(&mut net.incoming).0,
         },
         transfer_token,
     )

@@ -119,6 +119,18 @@ pub struct Network {
     pub listen_addrs: Vec<String>,
     /// Opens and accepts raw protocol streams (the transfer engine's); cloneable.
     pub streams: StreamControl,
+    /// Inbound streams of each protocol passed to `spawn` as `accept`, in that order.
+    pub incoming: Incoming,
+}
+
+/// Inbound streams per accepted protocol; wrapped only because they do not implement `Debug`.
+#[derive(Default)]
+pub struct Incoming(pub Vec<libp2p_stream::IncomingStreams>);
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Incoming({} protocols)", self.0.len())
+    }
 }
 
 /// libp2p-stream's handle, wrapped only because it does not implement `Debug`.
@@ -143,10 +155,23 @@ pub async fn spawn(
     seeds: Vec<SeedPeer>,
     banned: Vec<String>,
     shutdown: CancellationToken,
+    accept: &[libp2p::StreamProtocol],
 ) -> anyhow::Result<Network> {
     let local_peer_id = keypair.public().to_peer_id();
     let swarm = behaviour::build_swarm(keypair, cfg)?;
-    let streams = StreamControl(swarm.behaviour().stream.new_control());
+    let mut streams = StreamControl(swarm.behaviour().stream.new_control());
+    // Registered before anything listens or dials: a peer that reconnects the instant we are
+    // up and opens a transfer stream must not be told we lack the protocol (it would fall
+    // back to the legacy one).
+    let incoming = accept
+        .iter()
+        .map(|p| {
+            streams
+                .0
+                .accept(p.clone())
+                .map_err(|_| anyhow::anyhow!("protocol {p} is registered twice"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
     let mut event_loop = event_loop::EventLoop::new(swarm, command_rx, event_tx, cfg.clone(), shutdown);
@@ -161,5 +186,6 @@ pub async fn spawn(
         task,
         listen_addrs,
         streams,
+        incoming: Incoming(incoming),
     })
 }

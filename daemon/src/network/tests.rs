@@ -40,7 +40,7 @@ struct Node {
 impl Node {
     async fn start(key: Keypair, cfg: &NetworkConfig) -> Node {
         let token = CancellationToken::new();
-        let net = spawn(key.clone(), cfg, false, Vec::new(), Vec::new(), token.clone())
+        let net = spawn(key.clone(), cfg, false, Vec::new(), Vec::new(), token.clone(), &[])
             .await
             .unwrap_or_else(|e| panic!("network did not start: {e:#}"));
         Node { net, token, key }
@@ -367,6 +367,7 @@ async fn taken_port_fails_with_the_address_unless_dev() {
             Vec::new(),
             Vec::new(),
             CancellationToken::new(),
+            &[],
         )
         .await
         .err()
@@ -386,6 +387,7 @@ async fn taken_port_fails_with_the_address_unless_dev() {
             Vec::new(),
             Vec::new(),
             token.clone(),
+            &[],
         )
         .await
         .unwrap_or_else(|e| panic!("dev mode should pick a free port instead of {wanted}: {e:#}"));
@@ -506,7 +508,7 @@ async fn pinned_seeds_are_dialled_at_start_and_banned_ids_refused() {
     let token = CancellationToken::new();
     let cfg = test_config(&["/ip4/127.0.0.1/tcp/0"]);
     let key = Keypair::generate_ed25519();
-    let net = spawn(key.clone(), &cfg, false, seeds, banned, token.clone())
+    let net = spawn(key.clone(), &cfg, false, seeds, banned, token.clone(), &[])
         .await
         .unwrap_or_else(|e| panic!("spawn with seeds: {e:#}"));
     let mut a = Node {

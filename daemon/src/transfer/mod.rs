@@ -120,7 +120,12 @@ pub struct EngineParts {
     pub retry: RetryConfig,
     pub state_dir: std::path::PathBuf,
     pub streams: libp2p_stream::Control,
+    /// Inbound streams of [`PROTOCOLS`], in that order, registered before the swarm started.
+    pub incoming: Vec<libp2p_stream::IncomingStreams>,
 }
+
+/// The protocols the engine accepts, in the order `EngineParts::incoming` holds them.
+pub const PROTOCOLS: [libp2p::StreamProtocol; 2] = [PROTOCOL_V2, PROTOCOL_V1];
 
 pub struct Engine {
     core: Arc<Core>,
@@ -215,13 +220,11 @@ pub async fn start(parts: EngineParts, shutdown: CancellationToken) -> anyhow::R
     .await
     .map_err(|e| anyhow::anyhow!("blob directory task: {e}"))?
     .map_err(|e| anyhow::anyhow!("preparing the blob store under {}: {e}", blobs.root().display()))?;
-    let mut streams = parts.streams;
-    let v2 = streams
-        .accept(PROTOCOL_V2)
-        .map_err(|_| anyhow::anyhow!("protocol {PROTOCOL_V2} is already registered"))?;
-    let v1 = streams
-        .accept(PROTOCOL_V1)
-        .map_err(|_| anyhow::anyhow!("protocol {PROTOCOL_V1} is already registered"))?;
+    let streams = parts.streams;
+    let mut incoming = parts.incoming.into_iter();
+    let (Some(v2), Some(v1)) = (incoming.next(), incoming.next()) else {
+        anyhow::bail!("the network accepted {} transfer protocols, not 2", PROTOCOLS.len());
+    };
     let slots = parts.config.concurrency as usize;
     let engine = Arc::new(Engine {
         local: parts.keypair.public().to_peer_id(),

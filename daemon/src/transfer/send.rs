@@ -72,6 +72,11 @@ pub(crate) async fn attempt(engine: &Arc<Engine>, rec: TransferRecord, cancel: &
     let mut control = engine.streams.clone();
     let stream = match tokio::time::timeout(OPEN_DEADLINE, control.open_stream(peer, PROTOCOL_V2)).await {
         Err(_) => return Outcome::Retry("opening a stream to the recipient timed out".into()),
+        // Identify said it speaks v2: it is starting up or busy, not an upstream peer. Falling
+        // back would deliver without a receipt, so try v2 again later.
+        Ok(Err(OpenStreamError::UnsupportedProtocol(_))) if speaks(&PROTOCOL_V2) => {
+            return Outcome::Retry("the recipient does not take v2 streams yet; it may be starting".into());
+        }
         Ok(Err(OpenStreamError::UnsupportedProtocol(_))) => {
             // No identify information said otherwise: an upstream peer speaks only v1.
             return legacy::send(engine, &rec, &m, peer).await;
