@@ -12,6 +12,7 @@ pub mod bins;
 pub mod cli;
 pub mod harness;
 pub mod js;
+pub mod machine;
 pub mod netns;
 pub mod ops;
 pub mod transfer;

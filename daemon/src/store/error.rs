@@ -112,8 +112,6 @@ impl Fail {
     /// environment as it was; a failure while writing its meta page would instead surface as
     /// MDB_PANIC on the next transaction, which marks the store unhealthy as any other write
     /// failure does.
-    // `blocks_available` is u64 on Linux but u32 on macOS: the conversion is needed there.
-    #[allow(clippy::useless_conversion)]
     pub(super) fn is_disk_full(&self, dir: &std::path::Path) -> bool {
         use nix::errno::Errno;
         /// Below this much free space, an EIO from a write is taken for a full disk.
@@ -123,8 +121,7 @@ impl Fail {
         };
         match e.raw_os_error().map(Errno::from_raw) {
             Some(Errno::ENOSPC | Errno::EDQUOT) => true,
-            Some(Errno::EIO) => nix::sys::statvfs::statvfs(dir)
-                .is_ok_and(|s| u64::from(s.blocks_available()).saturating_mul(s.fragment_size()) < LOW_SPACE),
+            Some(Errno::EIO) => super::disk_free(dir).is_some_and(|free| free < LOW_SPACE),
             _ => false,
         }
     }

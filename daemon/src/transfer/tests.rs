@@ -273,24 +273,7 @@ async fn a_rejecting_inbox_fails_the_transfer_and_keeps_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, ca, cb, b_status) = connected_pair(dir.path(), InboxPolicy::Reject).await;
     let d = upload(&ca, "x.pdf", &pseudo_random(100_000, 3)).await;
-    let sent = ca
-        .client
-        .send_transfer(
-            ctx(CALL),
-            NewTransfer {
-                documents: vec![d],
-                recipients: vec![RecipientSpec {
-                    peer_id: b_status.peer_id.clone(),
-                    document_ids: vec![],
-                }],
-                message: None,
-                deadline_ms: None,
-                require_all_signatures: false,
-            },
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let sent = send_one(&ca, &b_status.peer_id, vec![d]).await;
     let failed = wait_for("A to see the rejection", Duration::from_secs(30), || async {
         get(&ca, &sent.id).await.filter(|t| t.state == TransferState::Failed)
     })

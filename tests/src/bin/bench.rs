@@ -274,28 +274,10 @@ fn quiet(name: &str) -> DaemonOpts {
     }
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    format!("{cores} cores, {cpu}, {date}")
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    println!("machine: {}", machine());
+    println!("machine: {}", firma_tests::machine::describe());
     println!("daemon binary: {}", firma_tests::bins::daemon()?.display());
     let tmp = tempfile::Builder::new().prefix("firma-bench-").tempdir()?;
     let a = Daemon::spawn(quiet("bench-rpc")).await?;

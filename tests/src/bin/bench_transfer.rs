@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use firma_ipc::transfer::TransferState;
+use firma_tests::machine::load;
 use firma_tests::transfer::{make_document, send, sha256_file, transfer, transfer_opts, upload_doc};
 use firma_tests::{Daemon, wait_for};
 
@@ -346,36 +347,10 @@ fn bench_tcp(dir: &Path, file: &Path, size: u64) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-/// The 1-minute load average, to tell a quiet run from a busy one.
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".to_owned())
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    format!("{cores} cores, {cpu}, {date}")
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    println!("machine: {}", machine());
+    println!("machine: {}", firma_tests::machine::describe());
     println!("load average at start: {}", load());
     println!("daemon binary: {}", firma_tests::bins::daemon()?.display());
     let tmp = tempfile::Builder::new().prefix("firma-bench-transfer-").tempdir()?;

@@ -325,16 +325,9 @@ fn a_full_disk_fails_the_batch_only_and_writing_resumes_when_there_is_room() {
     assert!(store.get_peer("first").unwrap().is_some() && store.get_peer("after").unwrap().is_some());
     assert_eq!(store.status().health, StoreHealth::Healthy);
     drop(store);
-    let reopened = Store::open_with(&dir, opts_for_reopen(), NOW).unwrap();
+    let reopened = Store::open_with(&dir, opts, NOW).unwrap();
     assert!(
         reopened.get_peer("after").unwrap().is_some(),
         "committed after the full disk, and durable"
     );
-}
-
-fn opts_for_reopen() -> OpenOptions {
-    OpenOptions {
-        audit_retention: 1_000_000,
-        ..options()
-    }
 }
