@@ -43,8 +43,10 @@ pub(crate) struct Behaviour {
     pub(crate) stream: libp2p_stream::Behaviour,
 }
 
-/// Builds the swarm: TCP (nodelay) and QUIC, Noise, Yamux, and the behaviours above.
+/// Builds the swarm: TCP (nodelay) and QUIC, Noise, Yamux, DNS resolution of `/dns4`, `/dns6`
+/// and `/dnsaddr` addresses through the system's resolver, and the behaviours above.
 pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetworkConfig) -> anyhow::Result<Swarm<Behaviour>> {
+    let dns_config = system_resolver();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -54,6 +56,7 @@ pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetworkConfig) -> anyhow::Resu
         )
         .context("setting up the TCP transport with Noise and Yamux")?
         .with_quic()
+        .with_dns_config(dns_config.0, dns_config.1)
         .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
             let local = key.public().to_peer_id();
             Ok(Behaviour {
@@ -74,6 +77,26 @@ pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetworkConfig) -> anyhow::Resu
         .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
         .build();
     Ok(swarm)
+}
+
+/// The system's resolver settings (`/etc/resolv.conf`; hosts from `/etc/hosts`). Without a
+/// readable resolv.conf the daemon still starts: names in `/etc/hosts` resolve, others fail at
+/// dial time with a resolver error, and nothing is ever sent to a resolver nobody configured
+/// (hickory's own default would be a public one).
+fn system_resolver() -> (libp2p::dns::ResolverConfig, libp2p::dns::ResolverOpts) {
+    match hickory_resolver::system_conf::read_system_conf() {
+        Ok(conf) => conf,
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "cannot read the system's DNS settings (/etc/resolv.conf); /dns4, /dns6 and /dnsaddr addresses resolve only from /etc/hosts until it exists and the daemon restarts"
+            );
+            (
+                libp2p::dns::ResolverConfig::from_name_servers(Vec::new()),
+                libp2p::dns::ResolverOpts::default(),
+            )
+        }
+    }
 }
 
 /// Every limit of `LimitsConfig`; none is left unlimited.
