@@ -97,10 +97,15 @@ start_watcher() {
 # ignores INT and TERM: it ends when the program writing to it does (end of input), never
 # before, so that program's last words are not lost and its writes never fail. A shell loop
 # rather than awk or sed: those read pipes in blocks, and a quiet daemon's lines would wait.
+# With a second argument, every line is also appended to that file (firma-web's log, where
+# dev.sh finds the login link it printed).
 prefix() {
 	trap '' INT TERM
 	local line
-	while IFS= read -r line || [ -n "$line" ]; do printf '%s%s\n' "$1" "$line"; done
+	while IFS= read -r line || [ -n "$line" ]; do
+		printf '%s%s\n' "$1" "$line"
+		if [ -n "${2:-}" ]; then printf '%s\n' "$line" >>"$2"; fi
+	done
 }
 
 # The target dir cargo really uses (CARGO_TARGET_DIR, config files), from cargo itself.
@@ -265,7 +270,7 @@ shutdown() {
 		rm -f "$(socket_of "$n")" "$RUN/node$n.pid"
 		rmdir "$RUN/node$n" 2>/dev/null || true
 	done
-	rm -f "$RUN/web.pid" "$RUN/web-watcher.ready" "$RUN/dev.pid"
+	rm -f "$RUN/web.pid" "$RUN/web-watcher.ready" "$RUN/dev.pid" "$RUN/web.log"
 	rmdir "$RUN" 2>/dev/null || true
 	log "stopped"
 }
@@ -372,13 +377,14 @@ fi
 
 start_web() {
 	"$FIRMA_WEB" --listen "$WEB_LISTEN" --socket "$(socket_of 1)" --state-dir "$STATE/web" \
-		> >(prefix "[web] ") 2>&1 &
+		> >(prefix "[web] " "$RUN/web.log") 2>&1 &
 	WEB_PID=$!
 	echo "$WEB_PID" >"$RUN/web.pid"
 }
 
 web_healthy() { curl -fsS --max-time 2 -o /dev/null "http://$WEB_LISTEN/health" 2>/dev/null; }
 
+: >"$RUN/web.log"
 start_web
 i=0
 until web_healthy; do
@@ -400,11 +406,20 @@ until [ -e "$RUN/web-watcher.ready" ]; do
 	i=$((i + 1))
 done
 
-LOGIN="$("$FIRMA_WEB" login-url --state-dir "$STATE/web" --listen "$WEB_LISTEN" 2>/dev/null || true)"
+# The single-use link firma-web logged at its start: printing it again here, rather than issuing
+# a second one, leaves one link to use. firma-web logs it before it answers /health.
+# The line passes through prefix(), so give it a moment to reach the file.
+login_link() { grep -o 'http://[^ ]*/login?nonce=[A-Za-z0-9_-]*' "$RUN/web.log" 2>/dev/null | tail -n 1; }
+i=0
+until LOGIN="$(login_link)" && [ -n "$LOGIN" ]; do
+	[ "$i" -ge 50 ] && break
+	sleep 0.1
+	i=$((i + 1))
+done
 cat >&2 <<EOF
 
   Firma transport is running (Ctrl-C stops everything)
-    web:      http://$WEB_LISTEN/   (Peer Explorer: http://$WEB_LISTEN/explorer)
+    page:     http://$WEB_LISTEN/   (the Peer Explorer; sign in first with the link below)
     sign in:  ${LOGIN:-"run: $FIRMA_WEB login-url --state-dir $STATE/web --listen $WEB_LISTEN"}
     node1:    $FIRMACTL --socket $(socket_of 1) status
 EOF

@@ -49,6 +49,50 @@ async fn info_instance(addr: SocketAddr, token: &str) -> anyhow::Result<String> 
         .with_context(|| format!("no instance_id in /api/info: {v}"))
 }
 
+/// What dev.sh prints for a person: the page at `/` (not the `/explorer` WebSocket), and one
+/// login link, the one firma-web itself logged, which signs in once.
+async fn check_printed_addresses(log: &str, web: SocketAddr) -> anyhow::Result<()> {
+    let field = |name: &str| {
+        log.lines()
+            .filter(|l| !l.starts_with('['))
+            .find_map(|l| l.trim_start().strip_prefix(name))
+            .map(|rest| rest.split_whitespace().next().unwrap_or_default().to_owned())
+            .with_context(|| format!("dev.sh printed no `{name}` line:\n{log}"))
+    };
+    let page = field("page:")?;
+    anyhow::ensure!(page == format!("http://{web}/"), "dev.sh prints the page as {page}");
+    anyhow::ensure!(
+        !log.lines().any(|l| !l.starts_with('[') && l.contains("/explorer")),
+        "dev.sh still prints /explorer as an address:\n{log}"
+    );
+    let link = field("sign in:")?;
+    let logged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("[web]") && l.contains("/login?nonce="))
+        .collect();
+    anyhow::ensure!(
+        logged.len() == 1 && logged[0].contains(&link),
+        "dev.sh printed {link}, firma-web logged {logged:?}: one link, the same"
+    );
+    let path = link
+        .strip_prefix(&format!("http://{web}"))
+        .with_context(|| format!("the login link {link} is not on {web}"))?;
+    let first = http(web, "GET", path, &[], None).await?;
+    anyhow::ensure!(
+        first.status < 400,
+        "the printed login link answered {}: {}",
+        first.status,
+        first.text()
+    );
+    let again = http(web, "GET", path, &[], None).await?;
+    anyhow::ensure!(
+        again.status >= 400,
+        "the printed login link worked twice ({})",
+        again.status
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_sh_reloads_web_without_touching_daemons_and_stops_cleanly() -> anyhow::Result<()> {
     let repo = RepoCopy::of_workspace()?;
@@ -68,6 +112,7 @@ async fn dev_sh_reloads_web_without_touching_daemons_and_stops_cleanly() -> anyh
     )?;
     let took = dev.wait_for_output("dev.sh: ready", READY_TIMEOUT).await?;
     println!("dev.sh ready after {took:?}");
+    check_printed_addresses(&dev.log(), web).await?;
 
     // Its layout: state and sockets inside the copy (a short path, so no fallback dir).
     let run: PathBuf = repo.path().join("dev-state/run");
