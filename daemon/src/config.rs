@@ -267,6 +267,25 @@ pub struct TransferConfig {
     pub chunk_size: u32,
     /// Streams one transfer spreads its chunks over; more streams, more throughput on fast links.
     pub parallel_streams: u32,
+    /// Incoming transfers from unknown peers waiting for a decision (inbox `ask`), all peers
+    /// together; past it further offers are told to come back later.
+    pub pending_max_transfers: u32,
+    /// Bytes those waiting transfers may hold here (manifests, and the documents of legacy v1
+    /// transfers, which arrive whole), all peers together.
+    pub pending_max_bytes: u64,
+    /// The same two limits for any one peer, so one peer cannot take every place.
+    pub pending_max_transfers_per_peer: u32,
+    pub pending_max_bytes_per_peer: u64,
+    /// A transfer still waiting for a decision after this long is rejected and its documents
+    /// deleted.
+    #[serde(with = "humantime_serde")]
+    pub pending_expiry: Duration,
+    /// An upload over the control socket that receives nothing for this long is removed.
+    #[serde(with = "humantime_serde")]
+    pub upload_idle_timeout: Duration,
+    /// Bytes of open uploads (as announced) and staged documents not yet in a transfer, together;
+    /// past it a new upload is refused.
+    pub max_staged_bytes: u64,
 }
 
 impl Default for TransferConfig {
@@ -279,6 +298,13 @@ impl Default for TransferConfig {
             concurrency: 4,
             chunk_size: 1 << 20,
             parallel_streams: 4,
+            pending_max_transfers: 64,
+            pending_max_bytes: 256 << 20,
+            pending_max_transfers_per_peer: 8,
+            pending_max_bytes_per_peer: 64 << 20,
+            pending_expiry: Duration::from_secs(7 * 24 * 3600),
+            upload_idle_timeout: Duration::from_secs(15 * 60),
+            max_staged_bytes: 32 << 30,
         }
     }
 }
@@ -413,6 +439,39 @@ impl Config {
         }
         if !(1..=16).contains(&t.parallel_streams) {
             return Err(bad("transfer.parallel_streams", "use 1 to 16"));
+        }
+        if !(1..=100_000).contains(&t.pending_max_transfers) {
+            return Err(bad("transfer.pending_max_transfers", "use 1 to 100000"));
+        }
+        if !(1..=t.pending_max_transfers).contains(&t.pending_max_transfers_per_peer) {
+            return Err(bad(
+                "transfer.pending_max_transfers_per_peer",
+                "use 1 to transfer.pending_max_transfers",
+            ));
+        }
+        if t.pending_max_bytes_per_peer < 64 << 10 {
+            return Err(bad(
+                "transfer.pending_max_bytes_per_peer",
+                "use at least 65536 (a manifest must fit)",
+            ));
+        }
+        if t.pending_max_bytes < t.pending_max_bytes_per_peer {
+            return Err(bad(
+                "transfer.pending_max_bytes",
+                "must be at least transfer.pending_max_bytes_per_peer",
+            ));
+        }
+        if t.pending_expiry < Duration::from_secs(1) {
+            return Err(bad("transfer.pending_expiry", "use at least 1s (e.g. \"7d\")"));
+        }
+        if t.upload_idle_timeout < Duration::from_secs(1) {
+            return Err(bad("transfer.upload_idle_timeout", "use at least 1s (e.g. \"15m\")"));
+        }
+        if t.max_staged_bytes < t.max_document_bytes {
+            return Err(bad(
+                "transfer.max_staged_bytes",
+                "must be at least transfer.max_document_bytes (one document must fit)",
+            ));
         }
         if self.socket.as_os_str().is_empty() {
             return Err(bad(

@@ -48,7 +48,10 @@ pub use ops::{
 };
 pub use records::{AddrRecord, AddrSource, Direction, PeerRecord, Trust};
 pub use schema::SCHEMA_VERSION;
-pub use transfers::{MAX_TRANSFER_ID, ReceiptRecord, TransferDir, TransferPhase, TransferRecord};
+pub use transfers::{
+    Admission, MAX_TRANSFER_ID, PendingEntry, PendingLimits, PendingUsage, ReceiptRecord, TransferDir, TransferPhase,
+    TransferRecord,
+};
 pub use writer::{MAX_BATCH, StoreWriter};
 
 use error::Fail;

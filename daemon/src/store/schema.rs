@@ -1,7 +1,8 @@
 //! What `Store::open` does to the data before anyone reads it: the schema version check and
 //! migrations, the whole-store validation scan, and closing history records left open by a crash.
 //!
-//! Schema versions: 1 is the first layout (records.rs as it is now). A change to any archived
+//! Schema versions: 1 is the first layout (records.rs as it is now); 2 adds the transfer index
+//! tables (`transfers_pending`, `transfer_peers`, see transfers.rs). A change to any archived
 //! type needs `SCHEMA_VERSION + 1` and a `Migration { from: SCHEMA_VERSION, .. }` that rewrites the
 //! affected tables; all steps run in one write transaction, so a crash mid-migration leaves the
 //! old version intact.
@@ -14,7 +15,7 @@ use super::ops;
 use super::records::{AuditEntry, HistoryEntry};
 use super::tables::{self, Tables};
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// One step of the migration table: turns a store at version `from` into version `from + 1`.
 #[derive(Clone, Copy)]
@@ -23,8 +24,11 @@ pub(super) struct Migration {
     pub run: fn(&mut RwTxn, &Tables) -> Result<(), Fail>,
 }
 
-/// The real migration table. Empty: version 1 is the first layout.
-pub(super) const MIGRATIONS: &[Migration] = &[];
+/// The real migration table.
+pub(super) const MIGRATIONS: &[Migration] = &[Migration {
+    from: 1,
+    run: super::transfers::rebuild_indexes,
+}];
 
 /// Which schema this build writes and how it upgrades older stores.
 #[derive(Clone, Copy)]
@@ -141,7 +145,7 @@ pub(super) fn validate_all(txn: &RoTxn, t: &Tables) -> Result<(), Fail> {
         let (key, value) = item?;
         super::transfers::decode_transfer(key, value)?;
     }
-    Ok(())
+    super::transfers::validate_indexes(txn, t)
 }
 
 /// Closes the history records a crash left open; returns how many.

@@ -23,9 +23,16 @@ pub(super) const AUDIT: &str = "audit";
 pub(super) const CONFIG_CACHE: &str = "config_cache";
 /// Document transfers (transfers.rs); key: the transfer id.
 pub(super) const TRANSFERS: &str = "transfers";
+/// Index of incoming transfers waiting for a decision; key: `<peer id> NUL <transfer id>`,
+/// value: a `PendingEntry`. Lets an offer count what a peer and everyone hold without
+/// decoding every transfer. Kept by `put_transfer` in the same transaction as the record.
+pub(super) const TRANSFERS_PENDING: &str = "transfers_pending";
+/// Peers this daemon exchanged a transfer with (sent one to, or received one from); key: the
+/// peer id, value empty. Kept by `put_transfer`.
+pub(super) const TRANSFER_PEERS: &str = "transfer_peers";
 
 /// Named databases of the env; `max_dbs` is set from this.
-pub(super) const TABLE_COUNT: u32 = 7;
+pub(super) const TABLE_COUNT: u32 = 9;
 
 /// Keys of the `meta` table.
 pub(super) const META_SCHEMA_VERSION: &str = "schema_version";
@@ -42,6 +49,8 @@ pub(super) struct Tables {
     pub audit: Db,
     pub config_cache: Db,
     pub transfers: Db,
+    pub transfers_pending: Db,
+    pub transfer_peers: Db,
 }
 
 impl Tables {
@@ -57,11 +66,13 @@ impl Tables {
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(AUDIT))?,
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(CONFIG_CACHE))?,
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(TRANSFERS))?,
+                opener.create_database::<Bytes, Bytes>(wtxn, Some(TRANSFERS_PENDING))?,
+                opener.create_database::<Bytes, Bytes>(wtxn, Some(TRANSFER_PEERS))?,
             );
             Ok::<_, heed::Error>(CommitOrAbort::<_, Infallible>::Commit(t))
         })?;
         match committed {
-            CommitOrAbort::Commit((meta, peers, history, history_open, audit, config_cache, transfers)) => Ok(Tables {
+            CommitOrAbort::Commit((
                 meta,
                 peers,
                 history,
@@ -69,6 +80,18 @@ impl Tables {
                 audit,
                 config_cache,
                 transfers,
+                transfers_pending,
+                transfer_peers,
+            )) => Ok(Tables {
+                meta,
+                peers,
+                history,
+                history_open,
+                audit,
+                config_cache,
+                transfers,
+                transfers_pending,
+                transfer_peers,
             }),
             CommitOrAbort::Abort(never) => match never {},
         }
@@ -84,6 +107,8 @@ impl Tables {
             (AUDIT, self.audit),
             (CONFIG_CACHE, self.config_cache),
             (TRANSFERS, self.transfers),
+            (TRANSFERS_PENDING, self.transfers_pending),
+            (TRANSFER_PEERS, self.transfer_peers),
         ]
     }
 

@@ -33,6 +33,14 @@ fn check_id(what: &str, id: &str) -> Result<(), IpcError> {
     }
 }
 
+fn no_upload(id: &str, idle: std::time::Duration) -> IpcError {
+    IpcError::not_found(format!(
+        "no open upload {id}: it finished, or it received nothing for transfer.upload_idle_timeout ({}) \
+         and was removed; begin a new one",
+        humantime_serde::re::humantime::format_duration(idle)
+    ))
+}
+
 fn io(e: std::io::Error) -> IpcError {
     IpcError::internal(e.to_string())
 }
@@ -60,10 +68,26 @@ impl Engine {
             )));
         }
         let blobs = self.blobs.clone();
+        let (idle, cap) = (self.cfg.upload_idle_timeout, self.cfg.max_staged_bytes);
+        let _admitting = self.uploads_lock.lock().await;
         blocking(move || {
+            // Abandoned uploads must not hold places or bytes until the next sweep.
+            blobs.prune_idle(idle, super::STAGED_MAX_AGE);
+            let idle_text = humantime_serde::re::humantime::format_duration(idle);
             if blobs.open_uploads() >= MAX_OPEN_UPLOADS {
                 return Err(IpcError::unavailable(format!(
-                    "{MAX_OPEN_UPLOADS} uploads are open; finish one first"
+                    "{MAX_OPEN_UPLOADS} uploads are open; finish one first (an upload that receives nothing \
+                     for transfer.upload_idle_timeout = {idle_text} is removed, and its place freed)"
+                )));
+            }
+            let held = blobs.staged_bytes();
+            if held.saturating_add(start.size) > cap {
+                return Err(IpcError::unavailable(format!(
+                    "staging {} more bytes would exceed transfer.max_staged_bytes ({cap}): {held} bytes are \
+                     held by open uploads and staged documents not yet sent; send or finish those first \
+                     (idle uploads go after {idle_text}, unsent staged documents after 7 days), or raise \
+                     transfer.max_staged_bytes in the daemon's config",
+                    start.size
                 )));
             }
             let id = new_id();
@@ -93,9 +117,9 @@ impl Engine {
             return Err(IpcError::invalid(format!("chunks are at most {MAX_IPC_CHUNK} bytes")));
         }
         let blobs = self.blobs.clone();
+        let idle = self.cfg.upload_idle_timeout;
         blocking(move || {
-            let meta = blobs::read_meta(&blobs.upload_meta(&id))
-                .map_err(|_| IpcError::not_found(format!("no open upload {id}; begin a new one")))?;
+            let meta = blobs::read_meta(&blobs.upload_meta(&id)).map_err(|_| no_upload(&id, idle))?;
             let path = blobs.upload_part(&id);
             let f = fs::OpenOptions::new().write(true).mode(0o600).open(&path).map_err(io)?;
             let held = f.metadata().map_err(io)?.len();
@@ -121,10 +145,10 @@ impl Engine {
         check_id("upload", &id)?;
         let blobs = self.blobs.clone();
         let chunk = self.cfg.chunk_size;
+        let idle = self.cfg.upload_idle_timeout;
         blocking(move || {
             let meta_path = blobs.upload_meta(&id);
-            let mut meta = blobs::read_meta(&meta_path)
-                .map_err(|_| IpcError::not_found(format!("no open upload {id}; begin a new one")))?;
+            let mut meta = blobs::read_meta(&meta_path).map_err(|_| no_upload(&id, idle))?;
             let part = blobs.upload_part(&id);
             let (sha, chunks, len) = blobs::hash_file(&part, chunk).map_err(io)?;
             if len != meta.size {
@@ -321,6 +345,9 @@ impl Engine {
             .await?;
         self.outbox.cancel(&id);
         self.decide(&id, false);
+        if rec.direction == TransferDir::Incoming {
+            self.discard_incoming(&id).await;
+        }
         Ok(self.info(&rec))
     }
 
@@ -366,10 +393,11 @@ impl Engine {
             })
             .await?;
         self.decide(&id, false);
+        self.discard_incoming(&id).await;
         Ok(self.info(&rec))
     }
 
-    fn decide(&self, id: &str, accept: bool) {
+    pub(super) fn decide(&self, id: &str, accept: bool) {
         if let Some(tx) = self
             .decisions
             .lock()

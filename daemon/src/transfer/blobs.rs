@@ -10,8 +10,9 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -108,38 +109,76 @@ impl Blobs {
         self.incoming_dir(transfer).join(name)
     }
 
-    /// Removes uploads and staged documents untouched for `max_age` (abandoned by their client).
-    /// Transfers hold their own links, so this never takes bytes a transfer still needs.
-    pub fn prune(&self, max_age: std::time::Duration) -> usize {
+    /// Removes uploads that received nothing for `upload_idle` (abandoned by their client) and
+    /// staged documents untouched for `staged_max_age`; returns how many files went. Transfers
+    /// hold their own links, so this never takes bytes a transfer still needs.
+    pub fn prune_idle(&self, upload_idle: Duration, staged_max_age: Duration) -> usize {
         let mut removed = 0;
-        for sub in ["uploads", "staged"] {
-            let Ok(dir) = fs::read_dir(self.root.join(sub)) else {
-                continue;
-            };
-            for entry in dir.filter_map(Result::ok) {
-                let old = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > max_age);
-                if old && fs::remove_file(entry.path()).is_ok() {
-                    removed += 1;
+        for id in self.upload_ids() {
+            if self.upload_idle_for(&id).is_some_and(|idle| idle > upload_idle) {
+                for path in [self.upload_part(&id), self.upload_meta(&id)] {
+                    if fs::remove_file(path).is_ok() {
+                        removed += 1;
+                    }
                 }
             }
         }
+        // A part without its meta (a crash between the two writes of `upload_begin`) is never
+        // resumable: it goes once idle like the others.
+        removed += remove_older(&self.root.join("uploads"), upload_idle, |name| {
+            name.strip_suffix(".part").is_some_and(|id| !self.upload_meta(id).exists())
+        });
+        removed += remove_older(&self.root.join("staged"), staged_max_age, |_| true);
         removed
+    }
+
+    /// Ids of the uploads currently open.
+    fn upload_ids(&self) -> Vec<String> {
+        fs::read_dir(self.root.join("uploads"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How long upload `id` has received nothing (its part file's or meta's last change, the
+    /// later one); `None` when it is gone.
+    pub fn upload_idle_for(&self, id: &str) -> Option<Duration> {
+        [self.upload_part(id), self.upload_meta(id)]
+            .iter()
+            .filter_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+            .max()
+            .map(|t| t.elapsed().unwrap_or_default())
     }
 
     /// Uploads currently open (bounded by the caller).
     pub fn open_uploads(&self) -> usize {
-        fs::read_dir(self.root.join("uploads"))
+        self.upload_ids().len()
+    }
+
+    /// Bytes the staging area holds or has promised: open uploads at their announced size, and
+    /// staged documents that no transfer links to yet (a linked one shares its bytes with the
+    /// transfer, so it costs the staging area nothing).
+    pub fn staged_bytes(&self) -> u64 {
+        let uploads: u64 = self
+            .upload_ids()
+            .iter()
+            .filter_map(|id| read_meta(&self.upload_meta(id)).ok())
+            .map(|m| m.size)
+            .sum();
+        let staged: u64 = fs::read_dir(self.root.join("staged"))
             .map(|d| {
                 d.filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                    .count()
+                    .filter(|e| !e.file_name().to_string_lossy().contains('.'))
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file() && m.nlink() == 1)
+                    .map(|m| m.len())
+                    .sum()
             })
-            .unwrap_or(0)
+            .unwrap_or(0);
+        uploads.saturating_add(staged)
     }
 
     pub fn mkdir(&self, path: &Path) -> io::Result<()> {
@@ -253,6 +292,27 @@ pub fn hash_file(path: &Path, chunk_size: u32) -> io::Result<(String, Vec<u8>, u
             .map_err(|_| io::Error::other("the hashing thread panicked"))?;
         read.map(|()| (whole, chunks, total))
     })
+}
+
+/// Removes the files in `dir` whose name `pick`s and that were not modified for `max_age`.
+fn remove_older(dir: &Path, max_age: Duration, pick: impl Fn(&str) -> bool) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.filter_map(Result::ok) {
+        if !entry.file_name().to_str().is_some_and(&pick) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > max_age);
+        if old && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Fills `buf` unless the file ends first; returns the bytes read.

@@ -8,6 +8,8 @@
 //!   outgoing transfers in LMDB, retries with the network's retry strategy until the deadline,
 //!   and retries at once when the recipient connects (it follows the event log for that).
 //! - control calls (api.rs): uploads, creating transfers, decisions, downloads.
+//! - upkeep (inbox.rs): rejects incoming transfers that waited too long for a decision, removes
+//!   idle uploads; inbox.rs also holds the limits on what unknown peers may leave here.
 //!
 //! Records live in LMDB (store/transfers.rs); bytes in the blob store (blobs.rs). Every
 //! read-modify-write of a record goes through [`Engine::update`], which holds `record_lock`,
@@ -16,6 +18,7 @@
 
 mod api;
 mod blobs;
+mod inbox;
 mod legacy;
 mod manifest;
 mod outbox;
@@ -49,7 +52,8 @@ pub use wire::{PROTOCOL_V1, PROTOCOL_V2};
 
 /// Progress events per transfer at most this often (~4/s).
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-/// Uploads and staged documents not touched for this long are removed at start.
+/// Staged documents not touched for this long are removed (uploads in progress go sooner, after
+/// `transfer.upload_idle_timeout`).
 const STAGED_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Streams handled at once per transfer slot (control + data streams + slack).
 const STREAMS_PER_SLOT: usize = 20;
@@ -150,6 +154,12 @@ pub struct Engine {
     stream_slots: Arc<Semaphore>,
     /// Incoming transfers moving data at once.
     incoming_slots: Arc<Semaphore>,
+    /// Held while an upload is admitted against the upload limits, and while idle ones are
+    /// removed, so two admissions never both take the last room.
+    uploads_lock: tokio::sync::Mutex<()>,
+    /// Ids of the v1 transfers whose bodies are being written now (legacy.rs): a second body
+    /// with the same id is refused instead of writing into, or deleting, the first one's folder.
+    v1_writing: Mutex<std::collections::HashSet<String>>,
     shutdown: CancellationToken,
 }
 
@@ -208,12 +218,16 @@ async fn accept_loop<F, Fut>(
 /// Creates the blob directories, registers both protocols and starts the tasks.
 pub async fn start(parts: EngineParts, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let blobs = Blobs::new(&parts.state_dir);
-    let b = blobs.clone();
+    let (b, store, idle) = (blobs.clone(), parts.core.store.clone(), parts.config.upload_idle_timeout);
     tokio::task::spawn_blocking(move || {
         b.prepare()?;
-        let pruned = b.prune(STAGED_MAX_AGE);
+        let pruned = b.prune_idle(idle, STAGED_MAX_AGE);
         if pruned > 0 {
             tracing::info!(pruned, "removed abandoned uploads and staged documents");
+        }
+        let swept = inbox::sweep_incoming(&b, &store);
+        if swept > 0 {
+            tracing::info!(swept, "removed the documents of refused or unknown incoming transfers");
         }
         Ok::<_, std::io::Error>(())
     })
@@ -241,6 +255,8 @@ pub async fn start(parts: EngineParts, shutdown: CancellationToken) -> anyhow::R
         outbox: outbox::Outbox::new(slots),
         stream_slots: Arc::new(Semaphore::new(slots * STREAMS_PER_SLOT)),
         incoming_slots: Arc::new(Semaphore::new(slots)),
+        uploads_lock: tokio::sync::Mutex::new(()),
+        v1_writing: Mutex::new(std::collections::HashSet::new()),
         cfg: parts.config,
         shutdown,
     });
@@ -262,6 +278,7 @@ pub async fn start(parts: EngineParts, shutdown: CancellationToken) -> anyhow::R
         )),
         tokio::spawn(outbox::run(engine.clone())),
         tokio::spawn(outbox::follow_connections(engine.clone())),
+        tokio::spawn(inbox::upkeep(engine.clone())),
     ];
     tracing::info!(
         dir = %engine.blobs.root().display(),
@@ -505,12 +522,7 @@ impl Engine {
         if pinned {
             return Ok(true);
         }
-        Ok(self.list().await?.iter().any(|r| {
-            r.peer_id == peer
-                && match r.direction {
-                    TransferDir::Outgoing => true,
-                    TransferDir::Incoming => r.phase == TransferPhase::Received,
-                }
-        }))
+        let p = peer.to_owned();
+        self.core.read(move |s| s.peer_exchanged(&p)).await
     }
 }

@@ -26,7 +26,7 @@ use super::wire::{self, Accept, FrameError, Join, Kind, MAX_CONTROL_FRAME, MAX_D
 use super::{Engine, PROTOCOL_V2, blobs};
 use crate::config::InboxPolicy;
 use crate::core::now_ms;
-use crate::store::{ReceiptRecord, TransferDir, TransferPhase, TransferRecord};
+use crate::store::{Admission, ReceiptRecord, TransferDir, TransferPhase, TransferRecord};
 
 /// How long we hold a sender's offer while the operator decides (inbox policy `ask`); then the
 /// sender is told to come back, and does.
@@ -35,8 +35,6 @@ pub(crate) const ASK_HOLD: Duration = Duration::from_secs(25);
 const FIRST_FRAME: Duration = Duration::from_secs(30);
 /// A data stream or a control stream waiting for Done with nothing arriving for this long is dead.
 const IDLE: Duration = Duration::from_secs(120);
-/// Incoming transfers waiting for an operator at once; more are told to retry later.
-const MAX_PENDING: usize = 256;
 
 /// An incoming transfer whose data path is open.
 pub(crate) struct Session {
@@ -317,18 +315,7 @@ async fn admit(
                     ));
                 }
                 InboxPolicy::Accept => TransferPhase::Receiving,
-                InboxPolicy::Ask => {
-                    let pending = engine
-                        .list()
-                        .await?
-                        .iter()
-                        .filter(|r| r.direction == TransferDir::Incoming && r.phase == TransferPhase::Pending)
-                        .count();
-                    if pending >= MAX_PENDING {
-                        return Ok(Admit::Refuse("too many transfers await a decision here".into(), true));
-                    }
-                    TransferPhase::Pending
-                }
+                InboxPolicy::Ask => TransferPhase::Pending,
             };
             let now = now_ms();
             let rec = TransferRecord {
@@ -347,8 +334,19 @@ async fn admit(
                 error: None,
                 receipt: None,
             };
+            let rec = if phase == TransferPhase::Pending {
+                // Checked against the pending index in the transaction that stores it.
+                if let Admission::Refused(why) = engine.insert_pending(rec.clone()).await? {
+                    // Debug only: a flood of offers must not flood the log as well.
+                    tracing::debug!(transfer = %rec.id, %peer, %why, "refused an offer from an unknown peer");
+                    return Ok(Admit::Refuse(why, true));
+                }
+                rec
+            } else {
+                engine.insert(rec).await?
+            };
             tracing::info!(transfer = %rec.id, %peer, ?phase, docs = m.documents.len(), bytes = m.total_bytes(), "incoming transfer");
-            engine.insert(rec).await?
+            rec
         }
     };
     Ok(match rec.phase {
@@ -542,7 +540,7 @@ async fn finish(engine: &Arc<Engine>, session: &Arc<Session>, manifest_bytes: &[
     Ok(signed)
 }
 
-/// Rejects the transfer for good: partial files deleted, nothing marked complete.
+/// Rejects the transfer for good: its files deleted, nothing marked complete.
 async fn fail(engine: &Arc<Engine>, session: &Arc<Session>, why: &str) {
     {
         let mut f = session.failed.lock().unwrap_or_else(PoisonError::into_inner);
@@ -558,13 +556,7 @@ async fn fail(engine: &Arc<Engine>, session: &Arc<Session>, why: &str) {
     let _ = engine
         .set_phase(&session.id, TransferPhase::Rejected, Some(why.to_owned()))
         .await;
-    let (blobs, m, id) = (engine.blobs.clone(), session.manifest.clone(), session.id.clone());
-    let _ = tokio::task::spawn_blocking(move || {
-        for (i, d) in m.documents.iter().enumerate() {
-            let _ = std::fs::remove_file(blobs.incoming_doc(&id, i, &d.file_name, true));
-        }
-    })
-    .await;
+    engine.discard_incoming(&session.id).await;
     session.cancel.cancel();
 }
 

@@ -4,6 +4,7 @@
 mod failures;
 mod open;
 mod ops;
+mod transfers;
 mod writer;
 
 use std::path::{Path, PathBuf};
