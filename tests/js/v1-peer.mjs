@@ -7,8 +7,8 @@
 // Writes JSON lines on stdout:
 //   {"event":"listening","peer_id":...,"addrs":[...]}                   once, when ready
 //   {"event":"identify","peer_id":...,"agent":...,"protocols":[...]}
-//   {"event":"v1_received","peer_id":<remote>,"transfer_id":...,"sender":{...},
-//    "documents":[{"id","file_name","mime_type","size","hash","data_len","data_sha256"}]}
+//   {"event":"v1_received","peer_id":<remote>,"transfer_id":...,"sender":{...},"options":{...},
+//    "recipients":[...],"documents":[{"id","file_name","mime_type","size","hash","data_len","data_sha256"}]}
 //   {"id":N,"ok":true|false,...}                                         the answer to command N
 // Reads JSON lines on stdin, one command each:
 //   {"id":1,"cmd":"dial","addr":"/ip4/.../p2p/..."}
@@ -96,6 +96,8 @@ await node.handle(
         peer_id: connection.remotePeer.toString(),
         transfer_id: msg.transferId,
         sender: msg.sender ?? null,
+        options: msg.options ?? null,
+        recipients: msg.recipients ?? null,
         documents,
       };
       if (received.length < 100) received.push(got);

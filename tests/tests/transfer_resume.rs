@@ -116,11 +116,26 @@ async fn offline_recipient_gets_it_when_it_comes_up() -> anyhow::Result<()> {
     let doc = make_document(a.dir(), "while-away.pdf", 2 * MIB + 5, 13)?;
     let staged = upload_doc(&a, &doc).await?;
     let out = send(&a, b.peer_id(), &[staged], Some("for when you are back")).await?;
-    // Not an error: it waits in the outbox.
-    let waiting = wait_state(&a, &out.id, TransferState::Pending, DEADLINE).await?;
+    // Not an error: an attempt found the recipient unreachable, and the transfer waits in the
+    // outbox for the next one, with nothing sent yet.
+    let waiting = wait_transfer(&a, &out.id, DEADLINE, "an attempt to find the recipient away", |t| {
+        t.error.is_some()
+    })
+    .await?;
     ensure!(
-        waiting.error.is_none() || waiting.state == TransferState::Pending,
-        "{waiting:?}"
+        waiting.state == TransferState::Pending,
+        "an offline recipient made the transfer {:?}: {:?}",
+        waiting.state,
+        waiting.error
+    );
+    ensure!(
+        waiting.error.as_deref().is_some_and(|e| e.contains("not reachable")),
+        "the waiting transfer says why: {:?}",
+        waiting.error
+    );
+    ensure!(
+        waiting.bytes_done == 0 && waiting.documents.iter().all(|d| !d.complete),
+        "nothing can have been delivered to a stopped recipient: {waiting:?}"
     );
     b.start().await?;
     check_finished(&a, &b, &out.id, &doc.sha256).await

@@ -2,7 +2,8 @@
 //! `/firma-sign/transfer/1.0.0` (tests/js/v1-peer.mjs) sends us a transfer, which is received,
 //! hash-checked and acknowledged with `{"success":true}`; a document whose hash does not match is
 //! refused and nothing of it is marked complete; and the daemon sends to that peer over v1,
-//! because identify shows it lacks v2.
+//! because identify shows it lacks v2. The transfer's message travels both ways where upstream's
+//! model has it: `options.message`, and each recipient's `options.message`.
 
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ async fn setup(name: &str) -> anyhow::Result<(Daemon, JsNode)> {
     Ok((d, js))
 }
 
+const MESSAGE_IN: &str = "Please sign both by Friday";
+
 fn v1_transfer(id: &str, docs: &[(&str, &str, Option<String>)]) -> serde_json::Value {
     json!({
         "transferId": id,
@@ -48,7 +51,7 @@ fn v1_transfer(id: &str, docs: &[(&str, &str, Option<String>)]) -> serde_json::V
         // Upstream trusts these claims; we must not: the sender is the connection's peer.
         "sender": {"senderId": "12D3KooWForgedSenderForgedSenderForgedSenderXXXX", "name": "P2P Node",
                    "transport": "p2p", "timestamp": 1_764_201_600_000u64, "verificationStatus": "verified"},
-        "options": {},
+        "options": {"message": MESSAGE_IN, "requireAllSignatures": false},
     })
 }
 
@@ -93,6 +96,11 @@ async fn upstream_peer_sends_v1_and_is_acknowledged() -> anyhow::Result<()> {
         );
     }
     ensure!(got.documents[0].file_name == "doc-1.pdf", "{:?}", got.documents[0]);
+    ensure!(
+        got.message.as_deref() == Some(MESSAGE_IN),
+        "the v1 transfer's options.message was not kept: {:?}",
+        got.message
+    );
     Ok(())
 }
 
@@ -159,6 +167,18 @@ async fn daemon_sends_v1_to_a_peer_without_v2() -> anyhow::Result<()> {
         "the daemon's hash field must match the data: {doc}"
     );
     ensure!(doc["file_name"] == "for-upstream.pdf", "{doc}");
+    // The message, where upstream's model has it: the transfer's options, and the recipient's.
+    ensure!(
+        got["options"]["message"] == "hello upstream",
+        "options sent: {}",
+        got["options"]
+    );
+    let recipient = got["recipients"].get(0).context("no recipient in the v1 message")?;
+    ensure!(recipient["identifier"] == js.peer_id.as_str(), "recipient {recipient}");
+    ensure!(
+        recipient["options"]["message"] == "hello upstream",
+        "recipient {recipient}"
+    );
     let _ = wait_state(&d, &out.id, TransferState::Delivered, STEP).await?;
     Ok(())
 }

@@ -121,7 +121,12 @@ impl PendingUsage {
                 "transfers from you",
             )
         } else if self.transfers >= limits.max_transfers {
-            ("pending_max_transfers", self.transfers, limits.max_transfers, "transfers")
+            (
+                "pending_max_transfers",
+                self.transfers,
+                limits.max_transfers,
+                "transfers",
+            )
         } else if self.peer_bytes.saturating_add(adding) > limits.max_bytes_per_peer {
             (
                 "pending_max_bytes_per_peer",
@@ -184,14 +189,21 @@ fn split_pending_key(key: &[u8]) -> Result<(&str, &str), Fail> {
         key: String::from_utf8_lossy(key).into_owned(),
         detail: detail.to_owned(),
     };
-    let at = key.iter().position(|b| *b == 0).ok_or_else(|| corrupt("key lacks its separator"))?;
+    let at = key
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| corrupt("key lacks its separator"))?;
     let peer = std::str::from_utf8(&key[..at]).map_err(|_| corrupt("peer id is not UTF-8"))?;
     let id = std::str::from_utf8(&key[at + 1..]).map_err(|_| corrupt("transfer id is not UTF-8"))?;
     Ok((peer, id))
 }
 
 fn decode_pending(key: &[u8], value: &[u8]) -> Result<PendingEntry, Fail> {
-    codec::decode(tables::TRANSFERS_PENDING, || String::from_utf8_lossy(key).into_owned(), value)
+    codec::decode(
+        tables::TRANSFERS_PENDING,
+        || String::from_utf8_lossy(key).into_owned(),
+        value,
+    )
 }
 
 /// Writes `rec` and brings both index tables in line with it.
@@ -203,7 +215,8 @@ fn put_indexed(txn: &mut RwTxn, t: &Tables, rec: &TransferRecord, bytes: &[u8]) 
 fn index(txn: &mut RwTxn, t: &Tables, rec: &TransferRecord) -> Result<(), Fail> {
     let key = pending_key(&rec.peer_id, &rec.id);
     if is_pending(rec) {
-        t.transfers_pending.put(txn, &key, &codec::encode(&pending_entry(rec))?)?;
+        t.transfers_pending
+            .put(txn, &key, &codec::encode(&pending_entry(rec))?)?;
     } else {
         t.transfers_pending.delete(txn, &key)?;
     }

@@ -126,7 +126,8 @@ impl Blobs {
         // A part without its meta (a crash between the two writes of `upload_begin`) is never
         // resumable: it goes once idle like the others.
         removed += remove_older(&self.root.join("uploads"), upload_idle, |name| {
-            name.strip_suffix(".part").is_some_and(|id| !self.upload_meta(id).exists())
+            name.strip_suffix(".part")
+                .is_some_and(|id| !self.upload_meta(id).exists())
         });
         removed += remove_older(&self.root.join("staged"), staged_max_age, |_| true);
         removed

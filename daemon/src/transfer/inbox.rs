@@ -128,7 +128,9 @@ pub(super) fn sweep_incoming(blobs: &super::Blobs, store: &Store) -> usize {
             continue;
         };
         let keep = match store.get_transfer(&id) {
-            Ok(Some(r)) => r.direction == TransferDir::Incoming && (!is_final(r.phase) || r.phase == TransferPhase::Received),
+            Ok(Some(r)) => {
+                r.direction == TransferDir::Incoming && (!is_final(r.phase) || r.phase == TransferPhase::Received)
+            }
             Ok(None) => false,
             // Unreadable: keep it, the store says why elsewhere.
             Err(_) => true,

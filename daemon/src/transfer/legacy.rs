@@ -158,7 +158,11 @@ fn v1_message(t: &V1Transfer, me: &str) -> Option<String> {
             .and_then(serde_json::Value::as_str)
             .filter(|m| !m.is_empty())
     }
-    let direct = t.options.get("message").and_then(serde_json::Value::as_str).filter(|m| !m.is_empty());
+    let direct = t
+        .options
+        .get("message")
+        .and_then(serde_json::Value::as_str)
+        .filter(|m| !m.is_empty());
     let recipients = t.recipients.as_array().map(Vec::as_slice).unwrap_or_default();
     let to_me = recipients
         .iter()
@@ -262,7 +266,11 @@ async fn admit(engine: &Arc<Engine>, peer: &PeerId) -> Result<TransferPhase, Str
         .is_known(&peer.to_string())
         .await
         .map_err(|e| format!("recipient error: {}", e.message))?;
-    match if known { InboxPolicy::Accept } else { engine.cfg.unknown_peers } {
+    match if known {
+        InboxPolicy::Accept
+    } else {
+        engine.cfg.unknown_peers
+    } {
         InboxPolicy::Reject => Err("this recipient does not accept transfers from unknown peers".into()),
         InboxPolicy::Accept => Ok(TransferPhase::Received),
         InboxPolicy::Ask => {
@@ -636,11 +644,17 @@ mod tests {
             {"id": "r1", "identifier": "12D3KooWsomeoneelse", "options": {"message": "not for us"}},
             {"id": "r2", "identifier": ME, "options": {"message": "for us"}},
         ]);
-        assert_eq!(with_message(serde_json::json!({}), recipients).as_deref(), Some("for us"));
+        assert_eq!(
+            with_message(serde_json::json!({}), recipients).as_deref(),
+            Some("for us")
+        );
         let others = serde_json::json!([{"identifier": "someone", "options": {"message": "to all"}}]);
         assert_eq!(with_message(none.clone(), others).as_deref(), Some("to all"));
         // Wrong types are ignored, not fatal; an overlong message is cut, not refused.
-        assert_eq!(with_message(serde_json::json!({"message": 7}), serde_json::json!("x")), None);
+        assert_eq!(
+            with_message(serde_json::json!({"message": 7}), serde_json::json!("x")),
+            None
+        );
         let long = "é".repeat(MAX_MESSAGE);
         let cut = with_message(serde_json::json!({"message": long}), none).unwrap();
         assert!(cut.len() <= MAX_MESSAGE && cut.chars().all(|c| c == 'é'));

@@ -218,7 +218,11 @@ async fn accept_loop<F, Fut>(
 /// Creates the blob directories, registers both protocols and starts the tasks.
 pub async fn start(parts: EngineParts, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let blobs = Blobs::new(&parts.state_dir);
-    let (b, store, idle) = (blobs.clone(), parts.core.store.clone(), parts.config.upload_idle_timeout);
+    let (b, store, idle) = (
+        blobs.clone(),
+        parts.core.store.clone(),
+        parts.config.upload_idle_timeout,
+    );
     tokio::task::spawn_blocking(move || {
         b.prepare()?;
         let pruned = b.prune_idle(idle, STAGED_MAX_AGE);

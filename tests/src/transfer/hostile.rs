@@ -1,5 +1,7 @@
-//! A hostile v2 sender: a real rust-libp2p node (TCP + Noise + Yamux) that speaks
-//! `/firma-sign/transfer/2.0.0` on purpose wrongly, to prove the daemon refuses what it must.
+//! A hostile sender: a real rust-libp2p node (TCP + Noise + Yamux) that speaks
+//! `/firma-sign/transfer/2.0.0` on purpose wrongly, and floods upstream's
+//! `/firma-sign/transfer/1.0.0` (one JSON object per stream, answered with one JSON object),
+//! to prove the daemon refuses what it must.
 //!
 //! The framing is written here from the protocol's description, independently of the daemon's
 //! own code, so that a test also catches an accidental change of the wire format:
@@ -20,6 +22,9 @@ use sha2::{Digest, Sha256};
 use super::hex;
 
 pub const PROTOCOL_V2: StreamProtocol = StreamProtocol::new("/firma-sign/transfer/2.0.0");
+pub const PROTOCOL_V1: StreamProtocol = StreamProtocol::new("/firma-sign/transfer/1.0.0");
+/// Largest v1 answer read back.
+const MAX_V1_ANSWER: u64 = 64 * 1024;
 const MANIFEST_DOMAIN: &[u8] = b"firma-sign/transfer/2 manifest\n";
 /// Largest frame this peer reads back (answers are small; a receipt is a few hundred bytes).
 const MAX_ANSWER: usize = 1 << 20;
@@ -200,12 +205,70 @@ impl HostilePeer {
 
     /// Open a v2 stream to `peer`.
     pub async fn open(&mut self, peer: &str) -> anyhow::Result<Stream> {
+        self.open_on(peer, PROTOCOL_V2).await
+    }
+
+    async fn open_on(&mut self, peer: &str, protocol: StreamProtocol) -> anyhow::Result<Stream> {
         let peer: PeerId = peer.parse()?;
-        let s = tokio::time::timeout(ANSWER_TIMEOUT, self.control.open_stream(peer, PROTOCOL_V2))
+        let s = tokio::time::timeout(ANSWER_TIMEOUT, self.control.open_stream(peer, protocol.clone()))
             .await
-            .context("opening a v2 stream timed out")??;
+            .with_context(|| format!("opening a {protocol} stream timed out"))??;
         Ok(s)
     }
+
+    /// Send one v1 message as upstream does (write it, close the write side) and read the
+    /// JSON answer to the end. A write cut short by the daemon (it may answer before reading a
+    /// body it refuses) still yields its answer.
+    pub async fn send_v1(&mut self, peer: &str, body: &[u8]) -> anyhow::Result<serde_json::Value> {
+        let mut s = self.open_on(peer, PROTOCOL_V1).await?;
+        let exchange = async {
+            let written = async {
+                s.write_all(body).await?;
+                s.close().await
+            }
+            .await;
+            let mut answer = Vec::new();
+            (&mut s).take(MAX_V1_ANSWER).read_to_end(&mut answer).await?;
+            if answer.is_empty() {
+                written?;
+                bail!("the daemon closed the v1 stream without an answer");
+            }
+            Ok::<_, anyhow::Error>(serde_json::from_slice(&answer)?)
+        };
+        tokio::time::timeout(ANSWER_TIMEOUT, exchange)
+            .await
+            .context("the daemon did not answer the v1 message")?
+    }
+}
+
+/// A v1 message as upstream builds it: `docs` documents of `doc_bytes` bytes each, with file
+/// names `name_len` characters long, and `message` in the transfer's options.
+pub fn v1_message(transfer_id: &str, docs: usize, doc_bytes: usize, name_len: usize, message: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let documents: Vec<serde_json::Value> = (0..docs)
+        .map(|i| {
+            let data: Vec<u8> = (0..doc_bytes).map(|j| ((i * 7 + j * 13) % 251) as u8).collect();
+            let stem = format!("{i:02}-");
+            serde_json::json!({
+                "id": format!("doc-{i}"),
+                "fileName": format!("{stem}{}.pdf", "n".repeat(name_len.saturating_sub(stem.len() + 4))),
+                "mimeType": "application/pdf",
+                "size": data.len(),
+                "hash": hex(&Sha256::digest(&data)),
+                "data": base64::engine::general_purpose::STANDARD.encode(&data),
+                "metadata": {},
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "transferId": transfer_id,
+        "documents": documents,
+        "sender": {"senderId": "12D3KooWClaimedNotTrusted", "name": "P2P Node", "transport": "p2p",
+                   "timestamp": 1_764_201_600_000u64, "verificationStatus": "verified"},
+        "options": {"message": message},
+    })
+    .to_string()
+    .into_bytes()
 }
 
 pub async fn write_frame(s: &mut Stream, kind: Kind, body: &[u8]) -> anyhow::Result<()> {

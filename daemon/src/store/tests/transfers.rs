@@ -39,14 +39,23 @@ fn pending(id: &str, peer: &str, held: u64) -> TransferRecord {
 fn pending_limits_hold_per_peer_and_in_total() {
     let ts = TestStore::new();
     let store = ts.open();
-    assert_eq!(store.insert_pending(&pending("a1", "A", 1000), &LIMITS).unwrap(), Admission::Stored);
-    assert_eq!(store.insert_pending(&pending("a2", "A", 1000), &LIMITS).unwrap(), Admission::Stored);
+    assert_eq!(
+        store.insert_pending(&pending("a1", "A", 1000), &LIMITS).unwrap(),
+        Admission::Stored
+    );
+    assert_eq!(
+        store.insert_pending(&pending("a2", "A", 1000), &LIMITS).unwrap(),
+        Admission::Stored
+    );
     let Admission::Refused(why) = store.insert_pending(&pending("a3", "A", 10), &LIMITS).unwrap() else {
         panic!("a third transfer from one peer was stored");
     };
     assert!(why.contains("transfer.pending_max_transfers_per_peer"), "{why}");
     // Bytes per peer: 5,000 + 100 of manifest would put B over 6,000 with the next one.
-    assert_eq!(store.insert_pending(&pending("b1", "B", 5000), &LIMITS).unwrap(), Admission::Stored);
+    assert_eq!(
+        store.insert_pending(&pending("b1", "B", 5000), &LIMITS).unwrap(),
+        Admission::Stored
+    );
     let Admission::Refused(why) = store.insert_pending(&pending("b2", "B", 1000), &LIMITS).unwrap() else {
         panic!("a peer went over its bytes");
     };
@@ -55,7 +64,10 @@ fn pending_limits_hold_per_peer_and_in_total() {
         panic!("the pending transfers went over their bytes in total");
     };
     assert!(why.contains("transfer.pending_max_bytes ="), "{why}");
-    assert_eq!(store.insert_pending(&pending("c1", "C", 500), &LIMITS).unwrap(), Admission::Stored);
+    assert_eq!(
+        store.insert_pending(&pending("c1", "C", 500), &LIMITS).unwrap(),
+        Admission::Stored
+    );
     let Admission::Refused(why) = store.insert_pending(&pending("d1", "D", 1), &LIMITS).unwrap() else {
         panic!("a fifth pending transfer was stored");
     };
@@ -75,8 +87,16 @@ fn pending_limits_hold_per_peer_and_in_total() {
     decided.phase = TransferPhase::Rejected;
     store.put_transfer(&decided).unwrap();
     assert_eq!(store.pending_usage("A").unwrap().peer_transfers, 1);
-    assert_eq!(store.insert_pending(&pending("d1", "D", 1), &LIMITS).unwrap(), Admission::Stored);
-    let ids: Vec<String> = store.pending_transfers().unwrap().into_iter().map(|(_, id, _)| id).collect();
+    assert_eq!(
+        store.insert_pending(&pending("d1", "D", 1), &LIMITS).unwrap(),
+        Admission::Stored
+    );
+    let ids: Vec<String> = store
+        .pending_transfers()
+        .unwrap()
+        .into_iter()
+        .map(|(_, id, _)| id)
+        .collect();
     assert_eq!(ids, ["a2", "b1", "c1", "d1"]);
 }
 
@@ -85,7 +105,10 @@ fn exchanged_peers_are_indexed() {
     let ts = TestStore::new();
     let store = ts.open();
     store.put_transfer(&pending("p1", "P", 0)).unwrap();
-    assert!(!store.peer_exchanged("P").unwrap(), "a pending transfer vouches for nobody");
+    assert!(
+        !store.peer_exchanged("P").unwrap(),
+        "a pending transfer vouches for nobody"
+    );
     store
         .put_transfer(&rec("p1", "P", TransferDir::Incoming, TransferPhase::Received, 0))
         .unwrap();
@@ -132,5 +155,10 @@ fn a_damaged_index_entry_marks_the_store_unhealthy() {
         raw_put(&store, tables::TRANSFERS_PENDING, b"no-separator", &[1, 2, 3]);
     }
     let store = ts.open();
-    assert!(store.status().detail.is_some_and(|d| d.contains(tables::TRANSFERS_PENDING)));
+    assert!(
+        store
+            .status()
+            .detail
+            .is_some_and(|d| d.contains(tables::TRANSFERS_PENDING))
+    );
 }
