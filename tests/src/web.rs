@@ -203,6 +203,50 @@ impl Web {
         r.json()
     }
 
+    /// A fresh login link from `firma-web login-url`, as a person gets one: its path and query.
+    pub fn login_path(&self) -> anyhow::Result<String> {
+        let mut cmd = Command::new(web_bin()?);
+        clear_firma_env(&mut cmd);
+        let out = cmd
+            .arg("login-url")
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .output()
+            .context("running firma-web login-url")?;
+        if !out.status.success() {
+            bail!("firma-web login-url failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let url = String::from_utf8(out.stdout)?.trim().to_owned();
+        url.split_once(&self.addr.to_string())
+            .map(|(_, p)| p.to_owned())
+            .with_context(|| format!("the login link {url} names another address"))
+    }
+
+    /// Sign in as the page does: redeem a fresh login link's nonce with a same-origin
+    /// `POST /login`; the session id (sent as `Authorization: Bearer`).
+    pub async fn session(&self) -> anyhow::Result<String> {
+        let path = self.login_path()?;
+        let nonce = path
+            .split_once("nonce=")
+            .map(|(_, n)| n.to_owned())
+            .context("no nonce in the login link")?;
+        let h = [
+            ("origin".to_owned(), self.origin()),
+            ("content-type".to_owned(), "application/json".to_owned()),
+        ];
+        let body = serde_json::json!({ "nonce": nonce }).to_string();
+        let r = http(self.addr, "POST", "/login", &h, Some(body.as_bytes())).await?;
+        if r.status != 200 {
+            bail!("POST /login answered {}: {}", r.status, r.text());
+        }
+        r.json()?["session"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no session in the answer to POST /login")
+    }
+
     /// `/api/info`'s `instance_id`, if the server answers.
     pub async fn instance_id(&self) -> Option<String> {
         let v = self.get_json("/api/info").await.ok()?;

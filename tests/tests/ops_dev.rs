@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -26,13 +26,16 @@ fn pids(procs: &[Proc]) -> Vec<i32> {
     procs.iter().map(|p| p.pid).collect()
 }
 
-/// `/health` answered 200 with `status: ok`: its `instance_id`.
-async fn healthy_instance(addr: SocketAddr) -> Option<String> {
+/// `/health` answered 200 with `status: ok`, and `/api/info` (the token is read afresh: dev.sh
+/// creates it at the first start) names the serving instance: its `instance_id`.
+async fn healthy_instance(addr: SocketAddr, token_file: &Path) -> Option<String> {
     let resp = http(addr, "GET", "/health", &[], None).await.ok()?;
-    let v = resp.json().ok()?;
-    (resp.status == 200 && v["status"] == "ok")
-        .then(|| v["instance_id"].as_str().map(str::to_owned))
-        .flatten()
+    let ok = resp.status == 200 && resp.json().ok()?["status"] == "ok";
+    let token = std::fs::read_to_string(token_file).ok()?;
+    if !ok {
+        return None;
+    }
+    info_instance(addr, token.trim()).await.ok()
 }
 
 /// `GET /api/info` with the API token: its `instance_id`.
@@ -151,10 +154,11 @@ async fn dev_sh_reloads_web_without_touching_daemons_and_stops_cleanly() -> anyh
     let webs = dev.processes_named("firma-web");
     assert_eq!(webs.len(), 1, "one firma-web under dev.sh: {:?}", dev.processes());
     let web_before = webs[0].clone();
-    let instance_before = healthy_instance(web)
+    let token_file = repo.path().join("dev-state/web/web.token");
+    let instance_before = healthy_instance(web, &token_file)
         .await
         .context("firma-web is not healthy after dev.sh said ready")?;
-    let token = std::fs::read_to_string(repo.path().join("dev-state/web/web.token"))?;
+    let token = std::fs::read_to_string(&token_file)?;
     assert_eq!(info_instance(web, token.trim()).await?, instance_before);
     let link1 = node1.peer(&st2.peer_id).await?;
     let link2 = node2.peer(&st1.peer_id).await?;
@@ -172,7 +176,8 @@ async fn dev_sh_reloads_web_without_touching_daemons_and_stops_cleanly() -> anyh
         "firma-web to come back healthy as a new instance",
         || {
             let before = instance_before.clone();
-            async move { healthy_instance(web).await.filter(|id| *id != before) }
+            let token_file = token_file.clone();
+            async move { healthy_instance(web, &token_file).await.filter(|id| *id != before) }
         },
     )
     .await

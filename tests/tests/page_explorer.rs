@@ -23,7 +23,7 @@ use firma_ipc::client::{CALL_TIMEOUT, ctx};
 use firma_tests::harness::{clear_firma_env, flatten};
 use firma_tests::js::{JsNode, js_dir};
 use firma_tests::transfer::{hex, sha256_hex};
-use firma_tests::web::{Web, WebOpts, web_bin};
+use firma_tests::web::{Web, WebOpts, http, web_bin};
 use firma_tests::{Daemon, DaemonOpts, wait_for_value};
 use nix::sys::signal::Signal;
 use rand::{RngCore as _, SeedableRng as _};
@@ -413,6 +413,13 @@ async fn explorer_in_a_real_browser() -> anyhow::Result<()> {
         "document.querySelector('#incoming .transfer[data-state=\"received\"] a.download')",
     )
     .await?;
+    // The page's own download link: it cannot carry the session header, so it goes with a
+    // single-use ticket, and the browser saves the very bytes dropped on a's page.
+    let saved = br
+        .call(json!({"cmd": "download", "page": "b",
+                     "selector": "#incoming .transfer[data-state=\"received\"] a.download"}))
+        .await?;
+    ensure!(saved["sha256"] == json!(sha), "the page's download saved other bytes: {saved}");
     br.screenshot("a", "delivered").await?;
     br.screenshot("b", "received").await?;
     let xss = br
@@ -525,5 +532,132 @@ async fn explorer_in_a_real_browser() -> anyhow::Result<()> {
         );
     }
     drop(js);
+    Ok(())
+}
+
+/// A stand-in for any other program listening on loopback (another user's, or a malicious
+/// dev server): answers every request with a small page and keeps what the browser sent.
+struct Eavesdropper {
+    addr: std::net::SocketAddr,
+    heard: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Eavesdropper {
+    async fn start() -> anyhow::Result<Eavesdropper> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let kept = heard.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 64 * 1024 {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    kept.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(String::from_utf8_lossy(&buf).into_owned());
+                    let body = "<!doctype html><title>elsewhere</title><p>another listener</p>";
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+                });
+            }
+        });
+        Ok(Eavesdropper { addr, heard, task })
+    }
+
+    fn heard(&self) -> Vec<String> {
+        self.heard.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for Eavesdropper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Every run of 64 hex digits in `text`: the shape of every firma-web secret.
+fn secret_shaped(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut run = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            if run.len() >= 64 {
+                out.push(run[..64].to_owned());
+            }
+            run.clear();
+        }
+    }
+    out
+}
+
+/// Issue 11 item 4: cookies are not isolated by port, so a session kept in one was handed to any
+/// other listener on 127.0.0.1 the browser visited. The page keeps its session in origin-scoped
+/// storage instead: such a listener receives nothing that opens the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_loopback_listener_gets_no_session() -> anyhow::Result<()> {
+    let a = Daemon::spawn(DaemonOpts::named("page-sess")).await?;
+    let wa = Web::spawn(WebOpts::new("page-sess", a.socket())).await?;
+    let eve = Eavesdropper::start().await?;
+    let mut br = Browser::launch().await?;
+    br.call(json!({"cmd": "open", "page": "s", "url": login_url(&wa)?}))
+        .await?;
+    br.wait("s", "the signed-in page to go live", "explorer.conn.state === 'live'")
+        .await?;
+
+    // The victim's browser visits the other listener (a link, a redirect, a dev server).
+    for path in ["/", "/api/info"] {
+        let url = format!("http://127.0.0.1:{}{path}", eve.addr.port());
+        br.call(json!({"cmd": "open", "page": format!("eve{path}"), "url": url, "context": "s"}))
+            .await?;
+    }
+    let heard = eve.heard();
+    ensure!(heard.len() >= 2, "the other listener heard {} requests", heard.len());
+    let live_sessions: Vec<String> = std::fs::read_dir(wa.state_dir().join("web-sessions"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ensure!(!live_sessions.is_empty(), "the page signed in without a session");
+    for request in &heard {
+        for id in &live_sessions {
+            ensure!(
+                !request.contains(id.as_str()),
+                "the other listener received the session:\n{request}"
+            );
+        }
+        // Whatever it got that looks like a secret opens nothing, as a cookie or as a bearer.
+        for candidate in secret_shaped(request) {
+            for header in [
+                ("cookie".to_owned(), format!("firma_session={candidate}")),
+                ("authorization".to_owned(), format!("Bearer {candidate}")),
+            ] {
+                let r = http(wa.addr(), "GET", "/api/info", &[header], None).await?;
+                ensure!(
+                    r.status == 401,
+                    "a secret the other listener heard opens the API: {request}"
+                );
+            }
+        }
+    }
+
+    // The page's own session lives in its origin's storage and works from there.
+    let kept = br.eval("s", "sessionStorage.getItem('firma-session')").await?;
+    let kept = kept.as_str().context("no session in the page's sessionStorage")?;
+    let auth = [("authorization".to_owned(), format!("Bearer {kept}"))];
+    ensure!(http(wa.addr(), "GET", "/api/info", &auth, None).await?.status == 200);
     Ok(())
 }

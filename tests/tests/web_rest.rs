@@ -18,7 +18,8 @@ async fn rest_shapes_and_peer_operations() -> anyhow::Result<()> {
     let b = Daemon::spawn(DaemonOpts::named("rest-b")).await?;
     let web = Web::spawn(WebOpts::new("rest", a.socket())).await?;
 
-    // /health: upstream's shape, 200 while the daemon answers; no credential needed.
+    // /health: upstream's shape, 200 while the daemon answers; no credential needed, and so
+    // nothing about this node: no PeerId, no socket path (issue 11 item 8).
     let r = http(web.addr(), "GET", "/health", &[], None).await?;
     assert_eq!(r.status, 200, "{}", r.text());
     let health = r.json()?;
@@ -26,7 +27,17 @@ async fn rest_shapes_and_peer_operations() -> anyhow::Result<()> {
     assert!(health["uptime"].is_number());
     assert!(health["connections"].is_number());
     assert_eq!(health["services"]["transports"], "ready");
-    assert_eq!(health["daemon"]["reachable"], true);
+    let keys: Vec<&str> = health
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(keys, ["connections", "services", "status", "uptime"], "{health}");
+    let text = r.text();
+    assert!(!text.contains(a.peer_id()), "/health shows the PeerId: {text}");
+    assert!(
+        !text.contains(&a.socket().display().to_string()),
+        "/health shows the socket: {text}"
+    );
     for (k, v) in [
         ("content-security-policy", "default-src 'self'; frame-ancestors 'none'"),
         ("x-content-type-options", "nosniff"),
@@ -43,6 +54,10 @@ async fn rest_shapes_and_peer_operations() -> anyhow::Result<()> {
         assert!(info["websocket"].get(key).is_some(), "/api/info websocket lacks {key}");
     }
     assert_eq!(info["transports"]["ready"], true);
+    // The details /health no longer shows, behind auth.
+    assert_eq!(info["daemon"]["reachable"], true);
+    assert_eq!(info["daemon"]["peerId"], a.peer_id());
+    assert_eq!(info["daemon"]["socket"], a.socket().display().to_string());
 
     let t = web.get_json("/api/transports/available").await?;
     let p2p = &t["transports"][0];
@@ -255,41 +270,178 @@ async fn security_rules_turn_requests_away() -> anyhow::Result<()> {
         assert_ne!(code, Some(1000), "an oversized message must not close normally");
     }
 
-    // The login link: single use, sets an HttpOnly SameSite=Strict cookie that then works.
-    let out = std::process::Command::new(firma_tests::web::web_bin()?)
-        .arg("login-url")
-        .arg("--state-dir")
-        .arg(web.state_dir())
-        .arg("--listen")
-        .arg(addr.to_string())
-        .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let url = String::from_utf8(out.stdout)?.trim().to_owned();
-    let path = url
-        .split_once(&addr.to_string())
-        .map(|(_, p)| p.to_owned())
-        .context("login URL names another address")?;
+    // The login link: loading it only sends the browser to the page; the page redeems the nonce
+    // once, same-origin, and gets a session that is no cookie.
+    let path = web.login_path()?;
+    let nonce = path
+        .split_once("nonce=")
+        .map(|(_, n)| n.to_owned())
+        .context("no nonce")?;
     let r = http(addr, "GET", &path, &[], None).await?;
     assert_eq!(r.status, 303, "{}", r.text());
-    let cookie = r.header("set-cookie").context("no cookie")?.to_owned();
-    assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
-        "{cookie}"
-    );
-    let pair = cookie.split(';').next().unwrap_or_default().to_owned();
+    assert_eq!(r.header("location"), Some(format!("/#login={nonce}").as_str()));
+    assert!(r.header("set-cookie").is_none(), "loading the link set a cookie");
+    let body = json!({ "nonce": nonce }).to_string();
+    let login_h = h(&[("origin", &origin), ("content-type", "application/json")]);
+    let foreign = h(&[("origin", "http://evil.example"), ("content-type", "application/json")]);
+    let r = http(addr, "POST", "/login", &foreign, Some(body.as_bytes())).await?;
+    assert_eq!(r.status, 403, "a login from another origin: {}", r.text());
+    let r = http(addr, "POST", "/login", &login_h, Some(body.as_bytes())).await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    if let Some(c) = r.header("set-cookie") {
+        assert!(c.contains("Max-Age=0"), "the login set a live cookie: {c}");
+    }
+    let session = r.json()?["session"].as_str().context("no session")?.to_owned();
+    let as_bearer = format!("Bearer {session}");
     assert_eq!(
-        http(addr, "GET", "/api/info", &h(&[("cookie", &pair)]), None)
+        http(addr, "GET", "/api/info", &h(&[("authorization", &as_bearer)]), None)
             .await?
             .status,
         200
     );
+    let as_cookie = format!("firma_session={session}");
     assert_eq!(
-        http(addr, "GET", &path, &[], None).await?.status,
-        403,
-        "a login link worked twice"
+        http(addr, "GET", "/api/info", &h(&[("cookie", &as_cookie)]), None)
+            .await?
+            .status,
+        401,
+        "a cookie opens the API"
     );
-    // A browser's upgrade: cookie and same-origin Origin.
-    let ws = ws_connect(addr, "/explorer", &h(&[("cookie", &pair), ("origin", &origin)])).await?;
+    let r = http(addr, "POST", "/login", &login_h, Some(body.as_bytes())).await?;
+    assert_eq!(r.status, 403, "a login link worked twice: {}", r.text());
+
+    // A browser's upgrade: a single-use ticket and a same-origin Origin; the ticket opens only
+    // WebSockets and downloads, once.
+    let ticket_h = h(&[("authorization", &as_bearer), ("origin", &origin)]);
+    let ticket = |r: firma_tests::web::HttpResponse| -> anyhow::Result<String> {
+        anyhow::ensure!(r.status == 200, "POST /api/tickets answered {}: {}", r.status, r.text());
+        Ok(r.json()?["ticket"].as_str().context("no ticket")?.to_owned())
+    };
+    let t = ticket(http(addr, "POST", "/api/tickets", &ticket_h, Some(b"{}")).await?)?;
+    let r = http(addr, "GET", &format!("/api/info?ticket={t}"), &[], None).await?;
+    assert_eq!(r.status, 401, "a ticket opened a REST route");
+    let t = ticket(http(addr, "POST", "/api/tickets", &ticket_h, Some(b"{}")).await?)?;
+    let ws = ws_connect(addr, &format!("/explorer?ticket={t}"), &h(&[("origin", &origin)])).await?;
     ws.close().await;
+    let e = ws_connect(addr, &format!("/explorer?ticket={t}"), &h(&[("origin", &origin)]))
+        .await
+        .err()
+        .context("a ticket worked twice")?;
+    assert_eq!(e.status(), Some(401), "{e}");
+    Ok(())
+}
+
+/// `firma-web sessions ...` against `web`'s state dir; its stdout.
+fn sessions_cli(web: &Web, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(firma_tests::web::web_bin()?)
+        .arg("sessions")
+        .args(args)
+        .arg("--state-dir")
+        .arg(web.state_dir())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "firma-web sessions {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The close code `ws` ends with, waiting up to `deadline`.
+async fn close_code(ws: &mut firma_tests::web::WsClient, deadline: Duration) -> anyhow::Result<Option<u16>> {
+    tokio::time::timeout(deadline, async {
+        loop {
+            match ws.recv().await {
+                Ok(WsMsg::Close(code)) => return Ok(code),
+                Ok(_) => continue,
+                Err(e) => return Err(anyhow::Error::new(e).context("the socket broke without a close frame")),
+            }
+        }
+    })
+    .await
+    .context("the socket stayed open")?
+}
+
+/// Issue 11 items 5 and 6: a flood of bad login links locks nobody out; a session ends at once
+/// on `/logout`, on `firma-web sessions revoke` from outside, and at expiry, and its WebSockets
+/// are closed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_survives_a_flood_and_sessions_end_with_their_sockets() -> anyhow::Result<()> {
+    let a = Daemon::spawn(DaemonOpts::named("sess")).await?;
+    let web = Web::spawn(WebOpts::new("sess", a.socket())).await?;
+    let addr = web.addr();
+    let origin = web.origin();
+
+    // What any page can make a browser load, in a loop; and what a local process can post.
+    for i in 0..60 {
+        let r = http(addr, "GET", &format!("/login?nonce=x{i}"), &[], None).await?;
+        assert_ne!(r.status, 429, "loading a bad login link was rate-limited");
+        let bogus = format!("{i:064x}");
+        let r = http(addr, "GET", &format!("/login?nonce={bogus}"), &[], None).await?;
+        assert_eq!(r.status, 303);
+        let body = json!({ "nonce": bogus }).to_string();
+        let post_h = h(&[("origin", &origin), ("content-type", "application/json")]);
+        let r = http(addr, "POST", "/login", &post_h, Some(body.as_bytes())).await?;
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
+    let session = web.session().await.context("a valid login after the flood")?;
+    let bearer = format!("Bearer {session}");
+    let with_session = h(&[("authorization", &bearer), ("origin", &origin)]);
+
+    // /logout: the API token is no session; a foreign page cannot log anyone out.
+    let r = http(addr, "POST", "/logout", &web.auth(), Some(b"{}")).await?;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let foreign = h(&[("authorization", &bearer), ("origin", "http://evil.example")]);
+    assert_eq!(http(addr, "POST", "/logout", &foreign, Some(b"{}")).await?.status, 403);
+    let mut ws = ws_connect(addr, "/ws", &with_session).await?;
+    let mut explorer = ws_connect(addr, "/explorer", &with_session).await?;
+    let r = http(addr, "POST", "/logout", &with_session, Some(b"{}")).await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(http(addr, "GET", "/api/info", &with_session, None).await?.status, 401);
+    assert_eq!(close_code(&mut ws, IO_TIMEOUT).await?, Some(1008));
+    assert_eq!(close_code(&mut explorer, IO_TIMEOUT).await?, Some(1008));
+
+    // Revoked from outside the process: refused on the next request, sockets closed soon after.
+    let session = web.session().await?;
+    let bearer = format!("Bearer {session}");
+    let with_session = h(&[("authorization", &bearer), ("origin", &origin)]);
+    let mut ws = ws_connect(addr, "/ws", &with_session).await?;
+    let listed: serde_json::Value = serde_json::from_str(&sessions_cli(&web, &["list", "--json"])?)?;
+    let ids: Vec<&str> = listed
+        .as_array()
+        .map(|l| l.iter().filter_map(|s| s["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids.len(), 1, "{listed}");
+    assert!(session.starts_with(ids[0]) && ids[0].len() < session.len(), "{listed}");
+    let out = sessions_cli(&web, &["revoke", ids[0]])?;
+    assert!(out.contains("revoked 1"), "{out}");
+    assert_eq!(http(addr, "GET", "/api/info", &with_session, None).await?.status, 401);
+    assert_eq!(close_code(&mut ws, IO_TIMEOUT).await?, Some(1008));
+
+    // Expiry: a session whose time runs out while its socket is open.
+    let session = web.session().await?;
+    let bearer = format!("Bearer {session}");
+    let with_session = h(&[("authorization", &bearer), ("origin", &origin)]);
+    let mut explorer = ws_connect(addr, "/explorer", &with_session).await?;
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis()
+        + 500;
+    std::fs::write(web.state_dir().join("web-sessions").join(&session), soon.to_string())?;
+    assert_eq!(close_code(&mut explorer, IO_TIMEOUT).await?, Some(1008));
+    assert_eq!(http(addr, "GET", "/api/info", &with_session, None).await?.status, 401);
+
+    // --all.
+    let s1 = web.session().await?;
+    let s2 = web.session().await?;
+    let out = sessions_cli(&web, &["revoke", "--all"])?;
+    assert!(out.contains("revoked 2"), "{out}");
+    for s in [s1, s2] {
+        let hs = h(&[("authorization", &format!("Bearer {s}"))]);
+        assert_eq!(http(addr, "GET", "/api/info", &hs, None).await?.status, 401);
+    }
+    assert!(sessions_cli(&web, &["list"])?.contains("no sessions"));
+    // The API token is untouched by all of it.
+    assert_eq!(web.get("/api/info").await?.status, 200);
     Ok(())
 }

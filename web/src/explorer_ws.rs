@@ -11,8 +11,8 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
-use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use firma_ipc::event::Event;
 use firma_ipc::transfer::{TransferDirection, TransferState};
@@ -21,10 +21,13 @@ use rand::RngCore as _;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::auth::Grant;
 use crate::daemon_link::{Published, ctx};
 use crate::metrics::{GaugeGuard, inc};
 use crate::state::{AppState, now_ms};
-use crate::ws::{Beat, Heartbeat, Presence, admit, close_for_shutdown, is_ping, transport_status};
+use crate::ws::{
+    Beat, Heartbeat, Presence, admit, close_for_session_end, close_for_shutdown, is_ping, transport_status,
+};
 use crate::ws_split::{Inbound, Split, split};
 
 /// Peers one client may follow at once.
@@ -32,13 +35,17 @@ pub const MAX_SUBSCRIPTIONS: usize = 1024;
 /// Longest peer id accepted in a subscription (real ones are about 52 characters).
 const MAX_PEER_ID: usize = 128;
 
-pub async fn handler(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub async fn handler(
+    State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let ws = match admit(&state, ws) {
         Ok(ws) => ws,
         Err(e) => return e.into_response(),
     };
     let tasks = state.ws_tasks.clone();
-    ws.on_upgrade(move |socket| tasks.track_future(run(socket, state)))
+    ws.on_upgrade(move |socket| tasks.track_future(run(socket, state, grant)))
 }
 
 /// What a client sent, as upstream's server reads it.
@@ -260,7 +267,7 @@ impl Client {
     }
 }
 
-async fn run(socket: WebSocket, state: AppState) {
+async fn run(socket: WebSocket, state: AppState, grant: Grant) {
     let _gauge = GaugeGuard::new(&state.metrics.explorer_clients);
     let _presence = Presence::new(&state);
     let mut client = Client {
@@ -270,14 +277,21 @@ async fn run(socket: WebSocket, state: AppState) {
     };
     // Shutdown also interrupts a send stuck on a client that stopped reading (see ws.rs).
     let shutdown = state.shutdown.token().clone();
+    let mut session_ended = false;
     let end = tokio::select! {
         end = client.serve() => end,
         _ = shutdown.cancelled() => Err(Stop { shutdown: true }),
+        _ = grant.ended() => {
+            session_ended = true;
+            Err(Stop { shutdown: false })
+        }
     };
     let held = client.subscriptions.len() as u64;
     state.ws_stats.subscriptions.fetch_sub(held, Ordering::Relaxed);
     if let Err(Stop { shutdown: true }) = end {
         close_for_shutdown(&mut client.socket.sink, &state).await;
+    } else if session_ended {
+        close_for_session_end(&mut client.socket.sink).await;
     }
 }
 

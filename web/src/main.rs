@@ -33,6 +33,41 @@ enum Command {
     Serve(ServeArgs),
     /// Print a fresh single-use browser login link for a running server.
     LoginUrl(LoginArgs),
+    /// List or revoke browser sessions (a revoked session stops working at once, and its open
+    /// WebSockets close within a second).
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// The unexpired sessions: a short id (what `revoke` takes) and when each expires.
+    List(SessionsListArgs),
+    /// Revoke one session by the id `list` shows, or every session with --all.
+    Revoke(SessionsRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+struct SessionsListArgs {
+    /// The server's state dir.
+    #[arg(long, env = "FIRMA_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// One JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SessionsRevokeArgs {
+    /// The server's state dir.
+    #[arg(long, env = "FIRMA_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// The session's id as `firma-web sessions list` shows it (or the whole id).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    id: Option<String>,
+    /// Revoke every session: every browser must sign in again.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +170,36 @@ fn login(args: LoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn sessions(cmd: SessionsCommand) -> anyhow::Result<()> {
+    match cmd {
+        SessionsCommand::List(a) => {
+            let dir = a.state_dir.unwrap_or_else(firma_ipc::paths::default_state_dir);
+            let list = auth::list_sessions(&dir)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no sessions in {}", dir.display());
+            } else {
+                println!("{:<14} EXPIRES", "ID");
+                for s in list {
+                    let at = std::time::UNIX_EPOCH + Duration::from_millis(s.expires_at_ms);
+                    println!("{:<14} {}", s.id, humantime::format_rfc3339_seconds(at));
+                }
+            }
+        }
+        SessionsCommand::Revoke(a) => {
+            let dir = a.state_dir.unwrap_or_else(firma_ipc::paths::default_state_dir);
+            let which = match &a.id {
+                Some(id) if !a.all => auth::Which::Id(id),
+                _ => auth::Which::All,
+            };
+            let n = auth::revoke_sessions(&dir, which)?;
+            println!("revoked {n} session(s)");
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -149,6 +214,7 @@ fn main() -> ExitCode {
         None => serve(cli.serve),
         Some(Command::Serve(a)) => serve(a),
         Some(Command::LoginUrl(a)) => login(a),
+        Some(Command::Sessions(c)) => sessions(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

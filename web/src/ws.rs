@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::response::{IntoResponse, Response};
 use firma_ipc::service::MAX_EVENTS_BATCH;
 use firma_ipc::types::PeerFilter;
@@ -28,6 +28,7 @@ use serde_json::json;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
+use crate::auth::Grant;
 use crate::config::MAX_BODY;
 use crate::daemon_link::{Published, ctx, envelope_json};
 use crate::error::ApiError;
@@ -39,6 +40,9 @@ use crate::ws_split::{Inbound, Sink, Split, split};
 pub const CLOSE_RESTART: u16 = 1012;
 /// Close code 1001 "going away": the server stops.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code 1008 "policy violation": the session the socket was opened under ended (logout,
+/// revocation, expiry); reconnecting needs a new login.
+pub const CLOSE_SESSION_ENDED: u16 = 1008;
 /// A client that sends more than the server's largest write buffer's worth unread is cut off
 /// instead of growing memory.
 pub const MAX_WRITE_BUFFER: usize = 4 * MAX_BODY;
@@ -80,13 +84,18 @@ pub fn admit(state: &AppState, ws: WebSocketUpgrade) -> Result<WebSocketUpgrade,
         .max_write_buffer_size(MAX_WRITE_BUFFER))
 }
 
-pub async fn handler(State(state): State<AppState>, Query(q): Query<WsQuery>, ws: WebSocketUpgrade) -> Response {
+pub async fn handler(
+    State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    Query(q): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let ws = match admit(&state, ws) {
         Ok(ws) => ws,
         Err(e) => return e.into_response(),
     };
     let tasks = state.ws_tasks.clone();
-    ws.on_upgrade(move |socket| tasks.track_future(run(socket, state, q)))
+    ws.on_upgrade(move |socket| tasks.track_future(run(socket, state, q, grant)))
 }
 
 /// The message that tells a client whether the daemon is reachable (same shape as `/explorer`'s).
@@ -107,6 +116,15 @@ pub async fn close_for_shutdown(socket: &mut Sink, state: &AppState) {
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
+    };
+    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+}
+
+/// Close the socket because its session ended.
+pub async fn close_for_session_end(socket: &mut Sink) {
+    let frame = CloseFrame {
+        code: CLOSE_SESSION_ENDED,
+        reason: Utf8Bytes::from_static("session ended"),
     };
     let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
 }
@@ -182,6 +200,7 @@ impl Drop for Presence {
 enum End {
     Shutdown,
     Gone,
+    SessionEnded,
 }
 
 struct Client {
@@ -398,7 +417,7 @@ impl Client {
     }
 }
 
-async fn run(socket: WebSocket, state: AppState, q: WsQuery) {
+async fn run(socket: WebSocket, state: AppState, q: WsQuery, grant: Grant) {
     let _gauge = GaugeGuard::new(&state.metrics.ws_clients);
     let _presence = Presence::new(&state);
     let mut client = Client {
@@ -413,8 +432,11 @@ async fn run(socket: WebSocket, state: AppState, q: WsQuery) {
     let end = tokio::select! {
         end = client.serve(q) => end,
         _ = shutdown.cancelled() => Err(End::Shutdown),
+        _ = grant.ended() => Err(End::SessionEnded),
     };
-    if let Err(End::Shutdown) = end {
-        close_for_shutdown(&mut client.socket.sink, &state).await;
+    match end {
+        Err(End::Shutdown) => close_for_shutdown(&mut client.socket.sink, &state).await,
+        Err(End::SessionEnded) => close_for_session_end(&mut client.socket.sink).await,
+        _ => {}
     }
 }

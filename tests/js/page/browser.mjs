@@ -3,12 +3,16 @@
 // line on stdin and reads one JSON answer per line on stdout: {"id", "ok": true, "value"} or
 // {"id", "ok": false, "error"}. The scenario lives in the Rust test; this script only acts.
 //
-// Commands: open {page, url, width, height, colorScheme}; wait {page, js, timeout} (a JS
+// Commands: open {page, url, width, height, colorScheme, context} (`context` names an open page
+// whose browser context, cookies and storage included, the new page shares); wait {page, js, timeout} (a JS
 // expression, polled until truthy; answers its value); eval {page, js}; click / fill / select
 // {page, selector, value}; drop {page, selector, files: [{name, type, hex}]} (a real drop
 // event carrying File objects); viewport {page, width, height}; scheme {page, colorScheme};
-// screenshot {page, path, fullPage}; errors {page}; close.
+// screenshot {page, path, fullPage}; download {page, selector} (clicks, waits for the download,
+// answers {name, sha256}); errors {page}; close.
 
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
 
@@ -31,8 +35,11 @@ function page(name) {
 }
 
 const commands = {
-  async open({ page: name, url, width = 1280, height = 800, colorScheme = 'light' }) {
-    const context = await browser.newContext({ viewport: { width, height }, colorScheme });
+  async open({ page: name, url, width = 1280, height = 800, colorScheme = 'light', context: shared }) {
+    const context = shared
+      ? pages.get(shared)?.context
+      : await browser.newContext({ viewport: { width, height }, colorScheme, acceptDownloads: true });
+    if (!context) throw new Error(`no page named ${shared}`);
     const p = await context.newPage();
     const errors = [];
     p.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
@@ -84,6 +91,14 @@ const commands = {
       await p.dispatchEvent(selector, type, { dataTransfer: dt });
     }
     return true;
+  },
+  async download({ page: name, selector }) {
+    const p = page(name);
+    const [dl] = await Promise.all([p.waitForEvent('download', { timeout: 30000 }), p.click(selector, { timeout: 10000 })]);
+    const failure = await dl.failure();
+    if (failure) throw new Error(`the download failed: ${failure}`);
+    const bytes = await readFile(await dl.path());
+    return { name: dl.suggestedFilename(), sha256: createHash('sha256').update(bytes).digest('hex') };
   },
   async viewport({ page: name, width, height }) {
     await page(name).setViewportSize({ width, height });

@@ -111,7 +111,8 @@ async fn bench_reloads(daemon: &Daemon, reloads: usize) -> anyhow::Result<()> {
         let t0 = Instant::now();
         web.signal(Signal::SIGUSR2)?;
         loop {
-            if let Ok(r) = http(addr, "GET", "/health", &[], None).await
+            // The instance is named in /api/info only (/health is upstream's public shape).
+            if let Ok(r) = http(addr, "GET", "/api/info", &web.auth(), None).await
                 && r.status == 200
                 && r.json()
                     .ok()

@@ -1,6 +1,7 @@
 //! The three routes whose shapes follow upstream Firma-Sign's server: `/health`, `/api/info` and
-//! `/api/transports/available`. Extra fields (daemon reachability, `instance_id`) are additions
-//! upstream's clients ignore.
+//! `/api/transports/available`. `/health` is public, so it says exactly what upstream's does and
+//! nothing about this node (no PeerId, no socket path); the details are in `/api/info` (`daemon`,
+//! `instance_id`), which needs a credential and whose extra fields upstream's clients ignore.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -49,8 +50,6 @@ pub async fn health(State(state): State<AppState>) -> Response {
             "storage": if store_ok { "available" } else { "unavailable" },
             "transports": if status.is_ok() { "ready" } else { "not ready" },
         },
-        "daemon": daemon_block(&state, &status),
-        "instance_id": &*state.instance_id,
     });
     let code = if ok {
         StatusCode::OK

@@ -2,7 +2,7 @@
 //!
 //! Layers, outermost first: `security::guard` (count, Host, Origin, security headers), the limit of
 //! requests in flight, the body cap, then `auth::require_auth` on everything but `/health`,
-//! `/login`, the OpenAPI document and the static page. Handlers are thin: authorise (done by the
+//! `/login`, the OpenAPI document and the static page (`/logout` needs the session it ends). Handlers are thin: authorise (done by the
 //! layers), call the daemon, encode.
 
 pub mod compat;
@@ -32,6 +32,8 @@ const MAX_IN_FLIGHT: usize = 1024;
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/api/info", get(compat::info))
+        .route("/api/tickets", post(auth::ticket))
+        .route("/logout", post(auth::logout))
         .route("/api/transports/available", get(compat::transports))
         .route("/api/status", get(network::status))
         .route("/api/peers", get(peers::list))
@@ -64,7 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_auth));
     let public = Router::new()
         .route("/health", get(compat::health))
-        .route("/login", get(auth::login))
+        .route("/login", get(auth::login_link).post(auth::login))
         .route("/api/openapi.json", get(openapi::document))
         .merge(assets::router());
     public

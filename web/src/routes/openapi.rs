@@ -65,7 +65,7 @@ pub fn build() -> Value {
         "properties": {"peer": {"type": "string"}, "message": {"type": "string"}, "size": {"type": "integer"},
                        "mime": {"type": "string"}, "file": {"type": "string", "format": "binary"}}}}}});
     let mut download = json!({"summary": "A document's bytes (attachment, application/octet-stream, streamed)",
-        "security": [{"bearer": []}, {"session": []}],
+        "security": [{"bearer": []}, {"session": []}, {"ticket": []}],
         "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
                        {"name": "doc_id", "in": "path", "required": true, "schema": {"type": "string"}}],
         "responses": {"200": {"description": "The document", "content": {"application/octet-stream": {}}},
@@ -74,7 +74,7 @@ pub fn build() -> Value {
     download["responses"]["401"] = json!({"description": "Missing or wrong credential"});
     let text = json!({"description": "Prometheus text", "content": {"text/plain": {}}});
     let ws = |summary: &str| {
-        json!({"get": {"summary": summary, "security": [{"bearer": []}, {"session": []}],
+        json!({"get": {"summary": summary, "security": [{"bearer": []}, {"session": []}, {"ticket": []}],
                        "responses": {"101": {"description": "Switching Protocols"}}}})
     };
     json!({
@@ -85,18 +85,27 @@ pub fn build() -> Value {
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "The 256-bit token in web.token"},
-                "session": {"type": "apiKey", "in": "cookie", "name": "firma_session"},
+                "session": {"type": "http", "scheme": "bearer",
+                            "description": "A browser session id from POST /login, sent the same way (never a cookie)"},
+                "ticket": {"type": "apiKey", "in": "query", "name": "ticket",
+                           "description": "Single-use, 30 s, from POST /api/tickets; WebSocket upgrades and downloads only"},
             },
             "schemas": {"Error": {"type": "object", "required": ["error"],
                                   "properties": {"error": {"type": "string"}, "code": {"type": "string"}}}},
         },
         "paths": {
-            "/health": {"get": op("ok or degraded (503), with daemon reachability", false, None, obj.clone())},
-            "/login": {"get": {"summary": "Redeem a single-use login link; sets the session cookie",
+            "/health": {"get": op("ok or degraded (503), upstream's shape; details are in /api/info", false, None, obj.clone())},
+            "/login": {"get": {"summary": "The single-use login link: sends the browser to /#login=<nonce>, where the page redeems it",
                                "parameters": [{"name": "nonce", "in": "query", "required": true, "schema": {"type": "string"}}],
-                               "responses": {"303": {"description": "Signed in"}, "403": {"description": "Invalid, expired or used link"}}}},
+                               "responses": {"303": {"description": "To the page"}, "400": {"description": "Not a login link"}}},
+                       "post": {"summary": "Redeem a login nonce (same origin): {session, expires_at_ms}",
+                                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                                    "type": "object", "required": ["nonce"], "properties": {"nonce": {"type": "string"}}}}}},
+                                "responses": {"200": {"description": "Signed in"}, "403": {"description": "Invalid, expired or used link"}}}},
+            "/logout": {"post": op("End the calling session everywhere, and close its sockets", true, None, obj.clone())},
+            "/api/tickets": {"post": op("A single-use ticket (30 s) for one WebSocket upgrade or download: {ticket, expires_in_ms}", true, None, obj.clone())},
             "/api/openapi.json": {"get": op("This document", false, None, obj.clone())},
-            "/api/info": {"get": op("Server info (upstream shape) with instance_id", true, None, obj.clone())},
+            "/api/info": {"get": op("Server info (upstream shape) with daemon reachability, PeerId, socket and instance_id", true, None, obj.clone())},
             "/api/transports/available": {"get": op("Available transports (upstream shape)", true, None, obj.clone())},
             "/api/status": {"get": op("The daemon's status", true, None, obj.clone())},
             "/api/peers": {"get": peers},

@@ -1,7 +1,8 @@
-// Peer Explorer entry point: reads the page config, checks the session, opens the live
-// connection, and re-renders each view when the part of the model it shows changes.
+// Peer Explorer entry point: reads the page config, signs in when opened from a login link
+// (`/#login=<nonce>`), checks the session, opens the live connection, and re-renders each view
+// when the part of the model it shows changes.
 
-import { api, ApiError } from './api.js';
+import { api, ApiError, signIn, signOut } from './api.js';
 import { $ } from './dom.js';
 import { Live } from './live.js';
 import { Model } from './model.js';
@@ -98,6 +99,27 @@ async function main() {
   setupTransfers(model);
   setupNetwork(model);
   setupLog(model);
+  $('sign-out').addEventListener('click', async () => {
+    try {
+      await signOut();
+    } catch (e) {
+      console.warn('sign out', e);
+    }
+    model.setConn({ state: 'signed-out', nextRetryAt: 0 });
+  });
+  const login = /^#login=([0-9a-fA-F]{64})$/.exec(location.hash);
+  if (login) {
+    // The nonce is spent either way: keep it out of the address bar and the history.
+    history.replaceState(null, '', location.pathname + location.search);
+    try {
+      await signIn(login[1]);
+    } catch (e) {
+      $('signin-error').textContent = e.message;
+      $('signin-error').hidden = false;
+      model.setConn({ state: 'signed-out' });
+      return;
+    }
+  }
   try {
     await api('/api/info');
   } catch (e) {

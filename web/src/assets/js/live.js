@@ -1,14 +1,16 @@
 // The live connection to /ws: snapshot, then seq-numbered events. It reconnects by itself
 // (1 s apart in development, forever; 3 s doubling to a cap in production), resumes with
-// `?since=<last seq>&instance=<instance>` so nothing is missed or repeated, and takes a fresh
+// `?since=<last seq>&instance=<instance>` so nothing is missed or repeated (each attempt with a
+// fresh single-use ticket: a browser cannot put a header on an upgrade), and takes a fresh
 // snapshot when the server says `resync`. Heartbeat: a ping every 30 s; a socket silent for
 // longer than two heartbeats is treated as dead and replaced.
 //
 // States (model.conn.state): connecting (first attempt), live (socket open, daemon online),
 // unavailable (socket open, daemon offline: transport unavailable), reconnecting (socket down,
-// waiting for the next attempt), signed-out (the server refused our session).
+// waiting for the next attempt), signed-out (the server refused our session; a socket closed
+// with 1008 is one whose session was revoked or expired).
 
-import { api, ApiError } from './api.js';
+import { api, ApiError, withTicket } from './api.js';
 
 export class Live {
   /**
@@ -25,6 +27,7 @@ export class Live {
     this.heartbeatTimer = 0;
     this.attempt = 0;
     this.everOpened = false;
+    this.connecting = false;
   }
 
   start() {
@@ -43,13 +46,28 @@ export class Live {
     return `${proto}//${location.host}/ws${q}`;
   }
 
-  connect() {
+  async connect() {
     clearTimeout(this.retryTimer);
     this.retryTimer = 0;
+    if (this.connecting) return;
     const resuming = this.model.seq !== null;
+    let url;
+    this.connecting = true;
+    try {
+      url = await withTicket(this.url());
+    } catch (e) {
+      this.connecting = false;
+      if (e instanceof ApiError && e.status === 401) {
+        this.model.setConn({ state: 'signed-out', nextRetryAt: 0 });
+        return;
+      }
+      this.scheduleRetry(`cannot get a WebSocket ticket: ${e.message}`);
+      return;
+    }
+    this.connecting = false;
     let ws;
     try {
-      ws = new WebSocket(this.url());
+      ws = new WebSocket(url);
     } catch (e) {
       this.scheduleRetry(`cannot open a WebSocket: ${e.message}`);
       return;
@@ -87,7 +105,9 @@ export class Live {
     ws.onclose = (e) => {
       if (ws !== this.ws) return;
       this.ws = null;
-      const why = e.code === 1012 ? 'the web server restarted (1012)' : e.code === 1001 ? 'the web server stopped (1001)' : `closed (${e.code})`;
+      const why = e.code === 1012 ? 'the web server restarted (1012)'
+        : e.code === 1001 ? 'the web server stopped (1001)'
+          : e.code === 1008 ? 'the session ended (1008)' : `closed (${e.code})`;
       if (this.everOpened && this.attempt === 0) {
         this.model.addLog({ kind: 'connection', type: 'disconnected', text: why });
       }
@@ -138,7 +158,7 @@ export class Live {
     const wait = this.delay();
     this.model.setConn({ state: 'reconnecting', attempt: this.attempt, nextRetryAt: Date.now() + wait, why });
     // A refused upgrade looks like any close; ask the REST API whether the session is gone.
-    if (this.attempt === 1 || this.attempt % 5 === 0) {
+    if (this.attempt === 1 || this.attempt % 5 === 0 || why.includes('1008')) {
       try {
         await api('/api/info');
       } catch (e) {
@@ -154,7 +174,7 @@ export class Live {
 
   /** "Retry now" from the header. */
   retryNow() {
-    if (this.ws) return;
+    if (this.ws || this.connecting) return;
     this.connect();
   }
 

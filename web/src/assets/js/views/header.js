@@ -24,6 +24,7 @@ export function renderConn(model) {
   }
   $('conn-text').textContent = text;
   $('retry-now').hidden = c.state !== 'reconnecting';
+  $('sign-out').hidden = c.state === 'signed-out';
   document.body.classList.toggle('stale', !model.live && model.seq !== null);
   const banner = $('stale');
   if (!model.live && model.status && c.staleSince) {

@@ -2,7 +2,7 @@
 // outgoing and incoming lists with per-document progress, rate, ETA, state, receipts, and the
 // accept / reject / cancel / download actions. File names and messages come from peers: text only.
 
-import { api, upload } from '../api.js';
+import { api, upload, withTicket } from '../api.js';
 import { $, el, keepFocus, replace } from '../dom.js';
 import { bytes, dateTime, duration, rate, shortId } from '../format.js';
 
@@ -203,7 +203,29 @@ function hasFiles(e) {
   return e.dataTransfer && [...e.dataTransfer.types].includes('Files');
 }
 
+/**
+ * A download link cannot carry the session header: on click, trade the session for a
+ * single-use ticket and follow the link with it (the browser streams the file to disk).
+ */
+async function download(link) {
+  try {
+    const href = await withTicket(link.getAttribute('href'));
+    const once = el('a', { href, download: '', hidden: true });
+    document.body.append(once);
+    once.click();
+    once.remove();
+  } catch (e) {
+    console.warn('download', e);
+  }
+}
+
 export function setupTransfers(model) {
+  $('transfers').addEventListener('click', (e) => {
+    const link = e.target instanceof Element ? e.target.closest('a.download') : null;
+    if (!link) return;
+    e.preventDefault();
+    download(link);
+  });
   const zone = $('drop-zone');
   const input = $('file-input');
   const overlay = $('page-drop');
