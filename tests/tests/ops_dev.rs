@@ -80,14 +80,28 @@ async fn check_printed_addresses(log: &str, web: SocketAddr) -> anyhow::Result<(
     let path = link
         .strip_prefix(&format!("http://{web}"))
         .with_context(|| format!("the login link {link} is not on {web}"))?;
+    // Loading the link sends the browser to the page, which redeems the nonce once.
     let first = http(web, "GET", path, &[], None).await?;
     anyhow::ensure!(
-        first.status < 400,
+        first.status == 303,
         "the printed login link answered {}: {}",
         first.status,
         first.text()
     );
-    let again = http(web, "GET", path, &[], None).await?;
+    let nonce = path.split_once("nonce=").map(|(_, n)| n).unwrap_or_default();
+    let body = serde_json::json!({ "nonce": nonce }).to_string();
+    let h = [
+        ("origin".to_owned(), format!("http://{web}")),
+        ("content-type".to_owned(), "application/json".to_owned()),
+    ];
+    let redeemed = http(web, "POST", "/login", &h, Some(body.as_bytes())).await?;
+    anyhow::ensure!(
+        redeemed.status == 200,
+        "the printed login link did not sign in: {} {}",
+        redeemed.status,
+        redeemed.text()
+    );
+    let again = http(web, "POST", "/login", &h, Some(body.as_bytes())).await?;
     anyhow::ensure!(
         again.status >= 400,
         "the printed login link worked twice ({})",

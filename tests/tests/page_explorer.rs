@@ -419,7 +419,10 @@ async fn explorer_in_a_real_browser() -> anyhow::Result<()> {
         .call(json!({"cmd": "download", "page": "b",
                      "selector": "#incoming .transfer[data-state=\"received\"] a.download"}))
         .await?;
-    ensure!(saved["sha256"] == json!(sha), "the page's download saved other bytes: {saved}");
+    ensure!(
+        saved["sha256"] == json!(sha),
+        "the page's download saved other bytes: {saved}"
+    );
     br.screenshot("a", "delivered").await?;
     br.screenshot("b", "received").await?;
     let xss = br
