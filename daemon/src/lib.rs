@@ -8,8 +8,11 @@
 //! - control (control/): the Unix socket and the tarpc server; reads the core, drives the network.
 //! - transfers (transfer/): the document-transfer engine; its own streams, the outbox, the blobs.
 //!
-//! Start order matters: everything that needs root (socket, listeners, store files) is set up
-//! before privileges are dropped; shutdown runs the other way and is bounded in time.
+//! Start order matters. Before anything starts, the account the daemon will run as must reach
+//! its directories (reach.rs). Started as root, the daemon then opens its store, binds its socket
+//! and any listener on a privileged port, hands its files over and drops root; the other
+//! listeners are bound after the drop, by the account that also dials from their ports (TCP port
+//! reuse needs one uid). Shutdown runs the other way and is bounded in time.
 
 pub mod config;
 pub mod control;
@@ -20,6 +23,7 @@ pub mod identity;
 pub mod logging;
 pub mod network;
 pub mod privileges;
+pub mod reach;
 pub mod signals;
 pub mod store;
 pub mod tracker;
@@ -81,6 +85,18 @@ fn ensure_state_dir(cfg: &Config) -> anyhow::Result<()> {
 pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
     let started = Instant::now();
     let drop_to = privileges::plan(&config.user, config.allow_root)?;
+    if let Some(account) = reach::Account::after_start(drop_to.as_ref()) {
+        // Started as root, root creates the directories; otherwise the account itself does.
+        let creates = drop_to.is_none();
+        reach::check(&account, &config.state_dir, creates, "state directory", "--state-dir")?;
+        reach::check(
+            &account,
+            control::socket::socket_dir(&config.socket),
+            creates,
+            "socket directory",
+            "--socket",
+        )?;
+    }
     ensure_state_dir(&config)?;
     let keypair = identity::load_or_create(&config.state_dir)?;
     // The transfer engine signs manifests and receipts with the same identity.
@@ -113,18 +129,20 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
     };
     let redials = seeds.iter().filter(|s| s.redial).count();
     let net_token = ctl.shutdown.child_token();
-    let mut net = network::spawn(
+    let mut starting = network::prepare(
         keypair,
         &config.network,
         config.dev,
-        seeds,
-        banned,
+        drop_to.is_some(),
         net_token.clone(),
         &transfer::PROTOCOLS,
-    )
-    .await?;
+    )?;
+    if drop_to.is_some() {
+        // Ports below 1024 can be bound only now; the rest after the drop (see network/dial_ports.rs).
+        starting.bind_privileged()?;
+    }
 
-    // Everything that needed root is open: hand our files over and drop privileges for good.
+    // Everything that needs root is open: hand our files over and drop privileges for good.
     if let Some(t) = &drop_to {
         privileges::hand_over_tree(t, &config.state_dir)?;
         if let Some(dir) = config.socket.parent() {
@@ -139,6 +157,7 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
         privileges::Outcome::KeptRoot => tracing::warn!("running as root because allow_root is set"),
         privileges::Outcome::NotRoot => {}
     }
+    let mut net = starting.start(seeds, banned).await?;
 
     let (writer, writer_task) = StoreWriter::spawn(store.clone(), 1024);
     let core = Arc::new(Core {

@@ -7,7 +7,9 @@
 //! - [`bins`]: where the binaries under test are found.
 //! - [`js`]: the js-libp2p interop node (tests/js).
 //! - [`netns`]: a pair of network namespaces joined by a veth, for mDNS.
+//! - [`accounts`]: local accounts to run daemons as and to attack them from.
 
+pub mod accounts;
 pub mod bins;
 pub mod cli;
 pub mod harness;

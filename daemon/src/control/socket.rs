@@ -137,12 +137,16 @@ pub fn adopt(path: &Path, inherited: std::os::unix::net::UnixListener) -> anyhow
     })
 }
 
+/// The directory that holds the socket at `path` (`.` for a bare file name).
+pub fn socket_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Binds the control socket at `path`, or explains exactly why it cannot.
 pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = socket_dir(path);
     ensure_socket_dir(dir)?;
     let lock = take_lock(path)?;
     if let Ok(meta) = fs::symlink_metadata(path) {

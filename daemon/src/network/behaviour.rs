@@ -4,7 +4,7 @@
 //! Field order matters: the swarm asks behaviours in declaration order whether to accept a
 //! connection, so the ban list and the limits refuse before anyone else spends work on it.
 
-use anyhow::Context as _;
+use libp2p::core::{Transport as _, upgrade};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
@@ -12,6 +12,7 @@ use libp2p::{
     memory_connection_limits, noise, ping, tcp, yamux,
 };
 
+use super::dial_ports::DialPorts;
 use crate::config::{LimitsConfig, NetworkConfig};
 
 /// The identify protocol, as every libp2p implementation (js-libp2p included) speaks it.
@@ -43,19 +44,29 @@ pub(crate) struct Behaviour {
     pub(crate) stream: libp2p_stream::Behaviour,
 }
 
-/// Builds the swarm: TCP (nodelay) and QUIC, Noise, Yamux, DNS resolution of `/dns4`, `/dns6`
-/// and `/dnsaddr` addresses through the system's resolver, and the behaviours above.
-pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetworkConfig) -> anyhow::Result<Swarm<Behaviour>> {
+/// Builds the swarm: QUIC, TCP (nodelay) with Noise and Yamux, DNS resolution of `/dns4`, `/dns6`
+/// and `/dnsaddr` addresses through the system's resolver, and the behaviours above. With
+/// `fresh_tcp_dial_ports`, TCP dials do not reuse the listen port (see `dial_ports.rs`).
+pub(crate) fn build_swarm(
+    keypair: Keypair,
+    cfg: &NetworkConfig,
+    fresh_tcp_dial_ports: bool,
+) -> anyhow::Result<Swarm<Behaviour>> {
     let dns_config = system_resolver();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .context("setting up the TCP transport with Noise and Yamux")?
         .with_quic()
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            let tcp = DialPorts {
+                inner: tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)),
+                fresh: fresh_tcp_dial_ports,
+            };
+            Ok(tcp
+                .upgrade(upgrade::Version::V1Lazy)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default()))
+        })
+        .map_err(|e| anyhow::anyhow!("setting up the TCP transport with Noise and Yamux: {e}"))?
         .with_dns_config(dns_config.0, dns_config.1)
         .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
             let local = key.public().to_peer_id();

@@ -1,6 +1,7 @@
-//! Binding the listeners before `spawn` returns. The daemon drops root right after, so a port
-//! below 1024 must be held by then; and an operator should learn at start, not later, that an
-//! address cannot be used.
+//! Binding the listeners before the network starts, so an operator learns at start, not later,
+//! that an address cannot be used. A daemon started as root binds only the privileged ports
+//! (below `ip_unprivileged_port_start`) before it drops root and the rest after, as the account
+//! that will dial from them (see `dial_ports.rs`).
 //!
 //! libp2p's TCP listener sets SO_REUSEPORT, so a second daemon could silently share a port with
 //! the first. A fixed port is therefore probed first with a plain socket (no SO_REUSEPORT), which
@@ -23,28 +24,70 @@ use super::event_loop::{EventLoop, ListenerState};
 /// How long each listener may take to report its first address.
 const BIND_DEADLINE: Duration = Duration::from_secs(5);
 
-impl EventLoop {
-    /// Listens on every address and waits until each is bound or has failed. Returns the
-    /// addresses bound so far (an unspecified IP yields one per interface).
-    pub(super) async fn bind_listeners(&mut self, listen: &[String], dev: bool) -> anyhow::Result<Vec<String>> {
-        let mut waiting: Vec<(ListenerId, Multiaddr)> = Vec::with_capacity(listen.len());
-        for (i, text) in listen.iter().enumerate() {
-            let addr: Multiaddr = text.parse().map_err(|e| {
+/// Where the kernel's unprivileged ports start (`net.ipv4.ip_unprivileged_port_start`, which
+/// also governs IPv6); 1024 when it cannot be read.
+pub(super) fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
+/// The TCP or UDP port binding `addr` needs privilege for (root or CAP_NET_BIND_SERVICE), if any.
+pub(super) fn privileged_port(addr: &Multiaddr, unprivileged_start: u16) -> Option<u16> {
+    let port = match probe_addr(addr)? {
+        Probe::Tcp(s) | Probe::Udp(s) => s.port(),
+    };
+    (port < unprivileged_start).then_some(port)
+}
+
+/// True for `/ip4|ip6/<ip>/tcp/<port>`.
+pub(super) fn is_tcp(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::Tcp(_)))
+}
+
+/// `network.listen` parsed; an entry that is no multiaddr is an error naming it.
+pub(super) fn parse_listen(listen: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    listen
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            text.parse().map_err(|e| {
                 anyhow!("network.listen[{i}]: `{text}` is not a multiaddr ({e}); e.g. /ip4/0.0.0.0/tcp/9092")
-            })?;
-            let id = match self.listen_once(&addr) {
+            })
+        })
+        .collect()
+}
+
+impl EventLoop {
+    /// Starts a listener on every address. The sockets are bound here, synchronously, so a caller
+    /// may do this before dropping root; [`EventLoop::wait_listeners`] then waits for them.
+    pub(super) fn start_listeners(
+        &mut self,
+        addrs: &[Multiaddr],
+        dev: bool,
+    ) -> anyhow::Result<Vec<(ListenerId, Multiaddr)>> {
+        let mut started = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let id = match self.listen_once(addr) {
                 Ok(id) => id,
                 Err(e) if dev && is_addr_in_use(&e) => {
-                    let free = with_port_zero(&addr);
+                    let free = with_port_zero(addr);
                     tracing::warn!(taken = %addr, instead = %free, "listen port is taken; dev mode picks a free one");
                     self.listen_once(&free).map_err(|e| listen_error(&free, &e))?
                 }
-                Err(e) => return Err(listen_error(&addr, &e)),
+                Err(e) => return Err(listen_error(addr, &e)),
             };
             self.listeners.insert(id, ListenerState::Pending);
-            waiting.push((id, addr));
+            started.push((id, addr.clone()));
         }
-        for (id, addr) in &waiting {
+        Ok(started)
+    }
+
+    /// Waits until each listener is bound or has failed. Returns the addresses bound so far (an
+    /// unspecified IP yields one per interface).
+    pub(super) async fn wait_listeners(&mut self, waiting: &[(ListenerId, Multiaddr)]) -> anyhow::Result<Vec<String>> {
+        for (id, addr) in waiting {
             let deadline = Instant::now() + BIND_DEADLINE;
             loop {
                 match self.listeners.get(id) {
@@ -89,7 +132,7 @@ fn listen_error(addr: &Multiaddr, e: &io::Error) -> anyhow::Error {
     let fix = if is_addr_in_use(e) {
         "another process holds that port; stop it, choose another port in network.listen, or use dev mode for a free port"
     } else if e.kind() == io::ErrorKind::PermissionDenied {
-        "ports below 1024 need the daemon to start as root (it drops privileges after binding) or CAP_NET_BIND_SERVICE"
+        "ports below 1024 need the daemon to start as root (it binds them before dropping privileges) or CAP_NET_BIND_SERVICE"
     } else if e.kind() == io::ErrorKind::AddrNotAvailable {
         "that IP is not assigned to any interface of this machine; check network.listen"
     } else {
@@ -169,6 +212,12 @@ mod tests {
         assert_eq!(probe_addr(&t), Some(Probe::Tcp(socket)));
         let zero: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(probe_addr(&zero), None);
+        assert_eq!(privileged_port(&zero, 1024), None);
+        assert_eq!(privileged_port(&t, 1024), None);
+        assert_eq!(privileged_port(&t, 10_000), Some(9092));
+        let web: Multiaddr = "/ip6/::/tcp/443".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(privileged_port(&web, 1024), Some(443));
+        assert!(is_tcp(&web) && !is_tcp(&a));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!
 //! Files: `behaviour.rs` composes the libp2p behaviours; `event_loop.rs` runs the task,
 //! `swarm_events.rs` translates swarm events, `commands.rs` answers the handle, `listen.rs` binds
-//! the listeners before [`spawn`] returns, `redial.rs` decides when lost peers are dialled again,
+//! the listeners before the network starts, `dial_ports.rs` picks the local port of TCP dials, `redial.rs` decides when lost peers are dialled again,
 //! `address_book.rs` remembers where peers can be reached.
 //!
 //! Who is redialled when lost (by `network.retry`): pinned peers (seeds with `redial`, and
@@ -19,6 +19,7 @@
 mod address_book;
 mod behaviour;
 mod commands;
+mod dial_ports;
 mod event_loop;
 mod handle;
 mod listen;
@@ -143,22 +144,53 @@ impl std::fmt::Debug for StreamControl {
     }
 }
 
-/// Builds the swarm, binds every configured listener (so privileged ports are held before the
-/// daemon drops root), applies bans and seeds, and spawns the event loop.
+/// A built swarm that neither listens nor dials yet: [`prepare`] makes it, [`Starting::start`]
+/// runs it. In between, the daemon drops root; listeners that need privilege are bound before.
+pub struct Starting {
+    event_loop: event_loop::EventLoop,
+    local_peer_id: libp2p::PeerId,
+    command_tx: mpsc::Sender<handle::Command>,
+    event_rx: mpsc::Receiver<NetEvent>,
+    streams: StreamControl,
+    incoming: Incoming,
+    dev: bool,
+    bootstrap: Vec<String>,
+    /// Listen addresses not yet started; the privileged ones leave first.
+    unbound: Vec<libp2p::Multiaddr>,
+    started: Vec<(libp2p::core::transport::ListenerId, libp2p::Multiaddr)>,
+}
+
+/// Builds the swarm and registers the `accept` protocols; binds and dials nothing.
+///
+/// `drops_root`: the daemon will drop root before [`Starting::start`]. Then a TCP listener on a
+/// privileged port makes TCP dials use fresh ports (`dial_ports.rs`), which is logged.
 ///
 /// With `dev`, a listen port that is taken is replaced by a free one (logged); otherwise a
 /// listener that cannot be bound is an error naming the address and the fix.
-pub async fn spawn(
+pub fn prepare(
     keypair: libp2p::identity::Keypair,
     cfg: &NetworkConfig,
     dev: bool,
-    seeds: Vec<SeedPeer>,
-    banned: Vec<String>,
+    drops_root: bool,
     shutdown: CancellationToken,
     accept: &[libp2p::StreamProtocol],
-) -> anyhow::Result<Network> {
+) -> anyhow::Result<Starting> {
     let local_peer_id = keypair.public().to_peer_id();
-    let swarm = behaviour::build_swarm(keypair, cfg)?;
+    let unbound = listen::parse_listen(&cfg.listen)?;
+    let start = listen::unprivileged_port_start();
+    let privileged_tcp: Vec<String> = unbound
+        .iter()
+        .filter(|a| listen::is_tcp(a) && listen::privileged_port(a, start).is_some())
+        .map(ToString::to_string)
+        .collect();
+    let fresh_tcp_dial_ports = drops_root && !privileged_tcp.is_empty();
+    if fresh_tcp_dial_ports {
+        tracing::warn!(
+            listen = ?privileged_tcp,
+            "a TCP listen port below {start} is bound as root before the drop, so outgoing TCP connections use fresh ports and TCP hole punching is off (QUIC is unaffected). To keep it, listen on a port of {start} or above (and redirect the low port to it, e.g. with nftables)"
+        );
+    }
+    let swarm = behaviour::build_swarm(keypair, cfg, fresh_tcp_dial_ports)?;
     let mut streams = StreamControl(swarm.behaviour().stream.new_control());
     // Registered before anything listens or dials: a peer that reconnects the instant we are
     // up and opens a transfer stream must not be told we lack the protocol (it would fall
@@ -174,18 +206,68 @@ pub async fn spawn(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
-    let mut event_loop = event_loop::EventLoop::new(swarm, command_rx, event_tx, cfg.clone(), shutdown);
-    let listen_addrs = event_loop.bind_listeners(&cfg.listen, dev).await?;
-    event_loop.apply_bans(&banned);
-    event_loop.start_peers(&seeds, &cfg.bootstrap);
-    let task = tokio::spawn(event_loop.run());
-    tracing::info!(peer_id = %local_peer_id, addrs = ?listen_addrs, "network started");
-    Ok(Network {
-        handle: NetworkHandle::new(command_tx, local_peer_id),
-        events: event_rx,
-        task,
-        listen_addrs,
+    let event_loop = event_loop::EventLoop::new(swarm, command_rx, event_tx, cfg.clone(), shutdown);
+    Ok(Starting {
+        event_loop,
+        local_peer_id,
+        command_tx,
+        event_rx,
         streams,
         incoming: Incoming(incoming),
+        dev,
+        bootstrap: cfg.bootstrap.clone(),
+        unbound,
+        started: Vec::new(),
     })
+}
+
+impl Starting {
+    /// Binds the listeners whose port needs privilege, now (call it while still root). The
+    /// others are bound by [`Starting::start`], as the account that will also dial from them.
+    pub fn bind_privileged(&mut self) -> anyhow::Result<()> {
+        let start = listen::unprivileged_port_start();
+        let (privileged, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unbound)
+            .into_iter()
+            .partition(|a| listen::privileged_port(a, start).is_some());
+        self.unbound = rest;
+        let started = self.event_loop.start_listeners(&privileged, self.dev)?;
+        self.started.extend(started);
+        Ok(())
+    }
+
+    /// Binds the remaining listeners, waits until every one is up, applies bans and seeds, and
+    /// spawns the event loop.
+    pub async fn start(mut self, seeds: Vec<SeedPeer>, banned: Vec<String>) -> anyhow::Result<Network> {
+        let rest = std::mem::take(&mut self.unbound);
+        let started = self.event_loop.start_listeners(&rest, self.dev)?;
+        self.started.extend(started);
+        let listen_addrs = self.event_loop.wait_listeners(&self.started).await?;
+        self.event_loop.apply_bans(&banned);
+        self.event_loop.start_peers(&seeds, &self.bootstrap);
+        let task = tokio::spawn(self.event_loop.run());
+        tracing::info!(peer_id = %self.local_peer_id, addrs = ?listen_addrs, "network started");
+        Ok(Network {
+            handle: NetworkHandle::new(self.command_tx, self.local_peer_id),
+            events: self.event_rx,
+            task,
+            listen_addrs,
+            streams: self.streams,
+            incoming: self.incoming,
+        })
+    }
+}
+
+/// [`prepare`] and [`Starting::start`] in one, for a process that keeps its privileges.
+pub async fn spawn(
+    keypair: libp2p::identity::Keypair,
+    cfg: &NetworkConfig,
+    dev: bool,
+    seeds: Vec<SeedPeer>,
+    banned: Vec<String>,
+    shutdown: CancellationToken,
+    accept: &[libp2p::StreamProtocol],
+) -> anyhow::Result<Network> {
+    prepare(keypair, cfg, dev, false, shutdown, accept)?
+        .start(seeds, banned)
+        .await
 }
