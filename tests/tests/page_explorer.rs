@@ -662,5 +662,19 @@ async fn another_loopback_listener_gets_no_session() -> anyhow::Result<()> {
     let kept = kept.as_str().context("no session in the page's sessionStorage")?;
     let auth = [("authorization".to_owned(), format!("Bearer {kept}"))];
     ensure!(http(wa.addr(), "GET", "/api/info", &auth, None).await?.status == 200);
+
+    // "Sign out" ends the session on the server, and the page says so.
+    br.click("s", "#sign-out").await?;
+    br.wait(
+        "s",
+        "the signed-out page",
+        "explorer.conn.state === 'signed-out' && !document.getElementById('signin').hidden \
+         && sessionStorage.getItem('firma-session') === null",
+    )
+    .await?;
+    ensure!(
+        http(wa.addr(), "GET", "/api/info", &auth, None).await?.status == 401,
+        "the session still works after signing out"
+    );
     Ok(())
 }
