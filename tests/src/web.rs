@@ -643,6 +643,24 @@ impl WsClient {
         let _ = self.write_frame(0x8, &1000u16.to_be_bytes()).await;
     }
 
+    /// Send a normal close (1000) and wait for the server's answering close frame; returns its
+    /// code. A connection that ends without one (what a browser reports as 1006) is an error.
+    pub async fn close_handshake(mut self, deadline: Duration) -> anyhow::Result<Option<u16>> {
+        self.write_frame(0x8, &1000u16.to_be_bytes()).await?;
+        let answer = tokio::time::timeout(deadline, async {
+            loop {
+                match self.recv().await {
+                    Ok(WsMsg::Close(code)) => return Ok(code),
+                    Ok(_) => continue,
+                    Err(e) => bail!("the connection ended without a close frame ({e})"),
+                }
+            }
+        });
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("no close frame within {deadline:?}"))?
+    }
+
     async fn read_frame(&mut self) -> std::io::Result<(bool, u8, Vec<u8>)> {
         let mut h = [0u8; 2];
         self.rd.read_exact(&mut h).await?;

@@ -44,8 +44,12 @@ async fn daemon_restart_degrades_and_recovers() -> anyhow::Result<()> {
     );
     let offline = |v: &serde_json::Value| v["type"] == "transport:status" && v["status"] == "offline";
     ws.wait_json(DEGRADE_TIMEOUT, "/ws offline", offline).await?;
+    // /explorer speaks upstream's values: the daemon being away is `error`, with the reason.
+    let explorer_error = |v: &serde_json::Value| {
+        v["type"] == "transport:status" && v["status"] == "error" && v["details"]["error"].is_string()
+    };
     explorer
-        .wait_json(DEGRADE_TIMEOUT, "/explorer offline", offline)
+        .wait_json(DEGRADE_TIMEOUT, "/explorer error", explorer_error)
         .await?;
 
     a.start().await?;
@@ -62,7 +66,8 @@ async fn daemon_restart_degrades_and_recovers() -> anyhow::Result<()> {
         v["type"] == "snapshot"
     })
     .await?;
-    explorer.wait_json(DEGRADE_TIMEOUT, "/explorer online", online).await?;
+    let active = |v: &serde_json::Value| v["type"] == "transport:status" && v["status"] == "active";
+    explorer.wait_json(DEGRADE_TIMEOUT, "/explorer active", active).await?;
     assert_eq!(web.get("/api/peers").await?.status, 200);
     Ok(())
 }

@@ -1,5 +1,7 @@
-//! The upstream Peer Explorer socket's message set, the heartbeat of both sockets, and a reload
-//! into a replaced binary (as cargo leaves it after a rebuild).
+//! The upstream Peer Explorer socket's message set (upstream's transport values, the
+//! `EnhancedPeer` record, groups and messages and their bounds), the close handshake and the
+//! heartbeat of both sockets, and a reload into a replaced binary (as cargo leaves it after a
+//! rebuild).
 
 use std::time::Duration;
 
@@ -7,6 +9,12 @@ use anyhow::Context as _;
 use firma_tests::web::{IO_TIMEOUT, Web, WebOpts, WsMsg, web_bin};
 use firma_tests::{Daemon, DaemonOpts, wait_for};
 use serde_json::json;
+
+// /explorer's documented bounds (web/src/explorer_groups.rs).
+const MAX_CONTENT: usize = 16 * 1024;
+const MAX_GROUP_ID: usize = 128;
+const MAX_GROUPS_PER_CLIENT: usize = 32;
+const MESSAGE_BURST: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explorer_speaks_upstreams_message_set() -> anyhow::Result<()> {
@@ -21,17 +29,23 @@ async fn explorer_speaks_upstreams_message_set() -> anyhow::Result<()> {
         "{hello}"
     );
     assert!(hello["timestamp"].is_u64());
+    // Upstream's values: its TransportStatusBar counts p2p as up only when `active`.
     let status = ws.recv_json(IO_TIMEOUT).await?;
-    assert_eq!(
-        status,
-        json!({"type": "transport:status", "transport": "p2p", "status": "online", "timestamp": status["timestamp"]})
-    );
+    assert_eq!(status["type"], "transport:status");
+    assert_eq!(status["transport"], "p2p");
+    assert_eq!(status["status"], "active", "{status}");
+    assert_eq!(status["details"]["connections"], 0, "{status}");
+    assert!(status["timestamp"].is_u64());
 
     let exchanges = [
         (json!({"type": "ping"}).to_string(), json!({"type": "pong"})),
         (
             json!({"type": "join_group", "groupId": "g"}).to_string(),
-            json!({"type": "error", "error": "join_group is not supported yet"}),
+            json!({"type": "joined_group", "groupId": "g"}),
+        ),
+        (
+            json!({"type": "leave_group", "groupId": "g"}).to_string(),
+            json!({"type": "left_group", "groupId": "g"}),
         ),
         (
             json!({"type": "dance"}).to_string(),
@@ -61,6 +75,11 @@ async fn explorer_speaks_upstreams_message_set() -> anyhow::Result<()> {
     assert_eq!(online["peerId"], b.peer_id());
     assert_eq!(online["status"], "online");
     assert_eq!(online["transport"], "p2p");
+    // The connection shows in upstream's transport status as a count.
+    ws.wait_json(IO_TIMEOUT, "transport:status with one connection", |v| {
+        v["type"] == "transport:status" && v["details"]["connections"] == 1
+    })
+    .await?;
     let conn = a.client().await?;
     firma_tests::harness::flatten(
         conn.client
@@ -82,6 +101,183 @@ async fn explorer_speaks_upstreams_message_set() -> anyhow::Result<()> {
         .wait_json(IO_TIMEOUT, "pong", |v| v["type"] != "peer:discovered")
         .await?;
     assert_eq!(next["type"], "pong", "an unsubscribed peer's status arrived: {next}");
+    Ok(())
+}
+
+/// `peer:discovered` carries upstream's `EnhancedPeer`, filled from what the daemon knows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_peers_are_enhanced_peers() -> anyhow::Result<()> {
+    // Kademlia on: a new routing-table entry is how a directly connected peer is "discovered"
+    // (mDNS, the other source, needs network namespaces; mdns_netns.rs covers it).
+    let dht = |name: &str| {
+        let mut o = DaemonOpts::named(name);
+        o.dht = true;
+        o
+    };
+    let a = Daemon::spawn(dht("enh-a")).await?;
+    let b = Daemon::spawn(dht("enh-b")).await?;
+    let web = Web::spawn(WebOpts::new("enh", a.socket())).await?;
+    let mut ws = web.ws("/explorer").await?;
+    a.connect_to(&b).await?;
+    let found = ws
+        .wait_json(IO_TIMEOUT, "peer:discovered of b", |v| {
+            v["type"] == "peer:discovered" && v["peer"]["peerId"] == b.peer_id()
+        })
+        .await?;
+    let p = &found["peer"];
+    assert_eq!(p["identifiers"], json!({"p2p": b.peer_id()}), "{p}");
+    assert!(p["displayName"].as_str().is_some_and(|n| !n.is_empty()), "{p}");
+    let t = &p["transports"]["p2p"];
+    assert!(
+        t["addresses"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|x| x.as_str().is_some_and(|x| x.starts_with("/ip4/127.0.0.1/")))),
+        "{p}"
+    );
+    assert!(matches!(t["status"].as_str(), Some("connected" | "available")), "{p}");
+    assert!(t["lastSeen"].as_str().is_some_and(|d| d.ends_with('Z')), "{p}");
+    assert_eq!(p["availableTransports"], json!(["p2p"]), "{p}");
+    assert!(matches!(p["status"].as_str(), Some("online" | "offline")), "{p}");
+    assert!(
+        matches!(
+            p["trustLevel"].as_str(),
+            Some("unverified" | "identity_verified" | "trusted")
+        ),
+        "{p}"
+    );
+    let h = &p["transferHistory"];
+    assert_eq!((h["sent"].as_u64(), h["received"].as_u64()), (Some(0), Some(0)), "{p}");
+    assert_eq!(h["totalBytes"], 0, "{p}");
+    let caps = &p["capabilities"];
+    assert!(caps["maxFileSize"].is_u64(), "{p}");
+    assert_eq!(caps["supportsMessaging"], false, "{p}");
+    assert_eq!(caps["supportedTransports"], json!(["p2p"]), "{p}");
+    assert!(p["metadata"].is_object(), "{p}");
+    Ok(())
+}
+
+/// Groups: members on this server get each other's messages; every bound answers an `error`
+/// and the client stays connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_reach_members_within_bounds() -> anyhow::Result<()> {
+    let a = Daemon::spawn(DaemonOpts::named("grp")).await?;
+    let web = Web::spawn(WebOpts::new("grp", a.socket())).await?;
+    let open = || async {
+        let mut c = web.ws("/explorer").await?;
+        let hello = c.recv_json(IO_TIMEOUT).await?;
+        c.wait_json(IO_TIMEOUT, "transport:status", |v| v["type"] == "transport:status")
+            .await?;
+        anyhow::Ok((c, hello["clientId"].as_str().unwrap_or_default().to_owned()))
+    };
+    let (mut alice, alice_id) = open().await?;
+    let (mut bob, _) = open().await?;
+    let (mut carol, _) = open().await?;
+    for c in [&mut alice, &mut bob] {
+        c.send_text(&json!({"type": "join_group", "groupId": "signers"}).to_string())
+            .await?;
+        assert_eq!(
+            c.recv_json(IO_TIMEOUT).await?,
+            json!({"type": "joined_group", "groupId": "signers"})
+        );
+    }
+    alice
+        .send_text(&json!({"type": "message", "groupId": "signers", "content": "please sign"}).to_string())
+        .await?;
+    let sent = alice.recv_json(IO_TIMEOUT).await?;
+    assert_eq!(sent["type"], "message:sent", "{sent}");
+    assert_eq!(sent["status"], "delivered", "{sent}");
+    assert_eq!(sent["delivered"], 1, "{sent}");
+    let got = bob.recv_json(IO_TIMEOUT).await?;
+    assert_eq!(got["type"], "message:received", "{got}");
+    assert_eq!(got["groupId"], "signers");
+    assert_eq!(got["message"]["content"], "please sign");
+    assert_eq!(got["message"]["peerId"], alice_id.as_str());
+    assert_eq!(got["message"]["messageId"], sent["messageId"]);
+    // Carol is no member: she gets nothing, and may not post to the group.
+    carol
+        .send_text(&json!({"type": "message", "groupId": "signers", "content": "x"}).to_string())
+        .await?;
+    let refused = carol.recv_json(IO_TIMEOUT).await?;
+    assert_eq!(refused["type"], "error", "{refused}");
+    // Upstream's frontend addresses peers; there is no P2P message protocol to carry that.
+    carol
+        .send_text(&json!({"type": "message", "peerId": a.peer_id(), "content": "x"}).to_string())
+        .await?;
+    let refused = carol.recv_json(IO_TIMEOUT).await?;
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Failed to send message")),
+        "{refused}"
+    );
+
+    // Bounds: message size, group name, groups per client, message rate.
+    let big = "x".repeat(MAX_CONTENT + 1);
+    alice
+        .send_text(&json!({"type": "message", "groupId": "signers", "content": big}).to_string())
+        .await?;
+    assert_eq!(alice.recv_json(IO_TIMEOUT).await?["type"], "error");
+    let long = "g".repeat(MAX_GROUP_ID + 1);
+    alice
+        .send_text(&json!({"type": "join_group", "groupId": long}).to_string())
+        .await?;
+    assert_eq!(alice.recv_json(IO_TIMEOUT).await?["type"], "error");
+    let mut joined = 1;
+    let refused = loop {
+        carol
+            .send_text(&json!({"type": "join_group", "groupId": format!("g{joined}")}).to_string())
+            .await?;
+        let v = carol.recv_json(IO_TIMEOUT).await?;
+        if v["type"] == "error" {
+            break v;
+        }
+        joined += 1;
+        assert!(joined <= MAX_GROUPS_PER_CLIENT + 1, "no cap on groups per client");
+    };
+    assert_eq!(joined - 1, MAX_GROUPS_PER_CLIENT, "{refused}");
+    let mut sent = 0;
+    let limited = loop {
+        alice
+            .send_text(&json!({"type": "message", "groupId": "signers", "content": "spam"}).to_string())
+            .await?;
+        let v = alice.recv_json(IO_TIMEOUT).await?;
+        if v["type"] == "error" {
+            break v;
+        }
+        sent += 1;
+        assert!(sent <= 10 * MESSAGE_BURST, "no message rate limit");
+    };
+    assert!(
+        limited["error"].as_str().is_some_and(|e| e.contains("rate limited")),
+        "{limited}"
+    );
+    // Bob's inbox is bounded too, and he is still served after the flood.
+    bob.send_text(r#"{"type":"ping"}"#).await?;
+    bob.wait_json(IO_TIMEOUT, "pong", |v| v["type"] == "pong").await?;
+
+    // Leaving stops delivery.
+    bob.send_text(&json!({"type": "leave_group", "groupId": "signers"}).to_string())
+        .await?;
+    bob.wait_json(IO_TIMEOUT, "left_group", |v| v["type"] == "left_group")
+        .await?;
+    Ok(())
+}
+
+/// A client's normal close (1000) is answered with a close frame on both sockets, so that a
+/// browser reports a clean close instead of 1006.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_close_is_answered() -> anyhow::Result<()> {
+    let a = Daemon::spawn(DaemonOpts::named("close")).await?;
+    let web = Web::spawn(WebOpts::new("close", a.socket())).await?;
+    for path in ["/ws", "/explorer"] {
+        let mut ws = web.ws(path).await?;
+        ws.recv_json(IO_TIMEOUT).await?;
+        let code = ws
+            .close_handshake(IO_TIMEOUT)
+            .await
+            .with_context(|| format!("closing {path}"))?;
+        assert_eq!(code, Some(1000), "{path} answered the close with {code:?}");
+    }
     Ok(())
 }
 
@@ -168,6 +364,78 @@ async fn reload_runs_the_rebuilt_binary_at_the_started_path() -> anyhow::Result<
         web.instance_id().await,
         Some(before),
         "the running build must keep serving"
+    );
+    Ok(())
+}
+
+/// Upstream's hook logic in Node (tests/js/explorer-client.mjs), on another origin allowed with
+/// `--allow-origin`, as upstream develops (page on :3000, server on :8080): it reads upstream's
+/// transport values, uses groups, and its `close(1000)` ends cleanly (no reconnect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_hook_logic_in_node_works_from_an_allowed_origin() -> anyhow::Result<()> {
+    let a = Daemon::spawn(DaemonOpts::named("node-exp")).await?;
+    let mut opts = WebOpts::new("node-exp", a.socket());
+    opts.args
+        .extend(["--allow-origin".into(), "http://localhost:3000".into()]);
+    let web = Web::spawn(opts).await?;
+    let url = format!("ws://{}/explorer", web.addr());
+    let run = |origin: &'static str| {
+        let (url, token) = (url.clone(), web.token().to_owned());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<serde_json::Value>> {
+            // Node 22 has a WebSocket; Node 20 needs the flag.
+            let has_ws = std::process::Command::new("node")
+                .args(["-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"])
+                .status()
+                .context("running node (is Node.js 20+ installed?)")?
+                .success();
+            let mut cmd = std::process::Command::new("node");
+            if !has_ws {
+                cmd.arg("--experimental-websocket");
+            }
+            let out = cmd
+                .arg("explorer-client.mjs")
+                .args(["--url", &url, "--origin", origin, "--token", &token])
+                .current_dir(firma_tests::js::js_dir())
+                .stdin(std::process::Stdio::null())
+                .output()
+                .context("running tests/js/explorer-client.mjs")?;
+            let lines = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            anyhow::ensure!(
+                out.status.success(),
+                "explorer-client.mjs failed: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(lines)
+        })
+    };
+    let seen = run("http://localhost:3000").await??;
+    let find = |event: &str| seen.iter().find(|v| v["event"] == event).cloned();
+    let transport = find("transport").with_context(|| format!("no transport:status: {seen:?}"))?;
+    assert_eq!(transport["status"], "active", "{seen:?}");
+    assert!(transport["connections"].is_u64(), "{seen:?}");
+    let types: Vec<&str> = seen
+        .iter()
+        .filter(|v| v["event"] == "message")
+        .filter_map(|v| v["type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        ["pong", "joined_group", "message:sent", "left_group"],
+        "{seen:?}"
+    );
+    let closed = find("closed").with_context(|| format!("never closed: {seen:?}"))?;
+    assert_eq!(closed["code"], 1000, "{seen:?}");
+    assert_eq!(closed["wasClean"], true, "{seen:?}");
+
+    // Another origin is refused before any message.
+    let seen = run("http://localhost:3001").await??;
+    assert!(
+        !seen.iter().any(|v| v["event"] == "open") && seen.iter().any(|v| v["event"] == "refused"),
+        "a page of an origin not allowed was let in: {seen:?}"
     );
     Ok(())
 }

@@ -16,6 +16,15 @@ pub struct WebConfig {
     pub state_dir: PathBuf,
     /// Extra `Host` header values to accept besides loopback names with the bound port.
     pub allowed_hosts: Vec<String>,
+    /// Origins besides our own whose pages may call the API and open the WebSockets (CORS with
+    /// credentials for them only), already normalised; they still need a session or the token.
+    pub allow_origins: Vec<String>,
+    /// A connection that has not sent a whole request head within this long is closed
+    /// (slowloris: many half-sent requests holding connections).
+    pub header_read_timeout: Duration,
+    /// Most client connections at once (WebSockets included); more wait in the kernel's accept
+    /// queue until one closes.
+    pub max_connections: usize,
     /// First reconnect delay after the daemon goes away; doubles up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,

@@ -1,12 +1,12 @@
 //! `/explorer`: upstream Firma-Sign's Peer Explorer socket, message for message, so that its
 //! frontend client works against us unchanged.
 //!
-//! Client -> server: `subscribe` / `unsubscribe` `{peerId}`, `ping`; upstream's `join_group`,
-//! `leave_group` and `message` get an `error` until groups exist. Server -> client: `connected`,
-//! `subscribed`, `unsubscribed`, `peer:status` (to subscribers of that peer), `peer:discovered` and
-//! `transport:status` (to everyone), `transfer:sent` (to subscribers of the recipient, when an
-//! outgoing transfer reaches `sent`), `transfer:received` (to subscribers of the sender, when an
-//! incoming one reaches `received`; its document count is asked of the daemon), `pong`, `error`.
+//! Client -> server: `subscribe` / `unsubscribe` `{peerId}`, `ping`, `join_group` / `leave_group`
+//! `{groupId}` and `message {groupId, content}` (explorer_groups.rs). Server -> client: `connected`,
+//! `subscribed`, `unsubscribed`, `joined_group`, `left_group`, `message:sent`, `message:received`,
+//! `pong`, `error`, and what the feed (explorer_feed.rs) publishes: `peer:status`, `transfer:sent`
+//! and `transfer:received` to subscribers of that peer, `peer:discovered` (an `EnhancedPeer`) and
+//! `transport:status` (upstream's `active | inactive | error | connecting`) to everyone.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -14,20 +14,17 @@ use std::sync::atomic::Ordering;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
-use firma_ipc::event::Event;
-use firma_ipc::transfer::{TransferDirection, TransferState};
 use futures::SinkExt as _;
 use rand::RngCore as _;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::auth::Grant;
-use crate::daemon_link::{Published, ctx};
+use crate::explorer_feed::{Audience, Outgoing};
+use crate::explorer_groups::{MAX_CONTENT, MAX_GROUP_ID, Membership};
 use crate::metrics::{GaugeGuard, inc};
 use crate::state::{AppState, now_ms};
-use crate::ws::{
-    Beat, Heartbeat, Presence, admit, close_for_session_end, close_for_shutdown, is_ping, transport_status,
-};
+use crate::ws::{Beat, Heartbeat, Presence, admit, close_for_session_end, close_for_shutdown, finish_close, is_ping};
 use crate::ws_split::{Inbound, Split, split};
 
 /// Peers one client may follow at once.
@@ -54,9 +51,18 @@ enum Incoming {
     Subscribe(String),
     Unsubscribe(String),
     Ping,
-    Unsupported(String),
+    JoinGroup(String),
+    LeaveGroup(String),
+    GroupMessage {
+        group: String,
+        content: String,
+    },
+    /// A `message` to a peer: there is no P2P message protocol to carry it.
+    PeerMessage,
     Unknown(String),
     Invalid,
+    /// Well-formed, but a field is over its bound (the text says which).
+    TooLarge(String),
 }
 
 fn parse(text: &str) -> Incoming {
@@ -66,75 +72,48 @@ fn parse(text: &str) -> Incoming {
     let Some(kind) = v.get("type").and_then(Value::as_str) else {
         return Incoming::Invalid;
     };
-    let peer = || {
-        v.get("peerId")
-            .and_then(Value::as_str)
-            .filter(|p| !p.is_empty() && p.len() <= MAX_PEER_ID)
-            .map(str::to_owned)
+    let field = |name: &str| v.get(name).and_then(Value::as_str).filter(|p| !p.is_empty());
+    let peer = || field("peerId").filter(|p| p.len() <= MAX_PEER_ID).map(str::to_owned);
+    let group = || match field("groupId") {
+        None => Err(Incoming::Invalid),
+        Some(g) if g.len() > MAX_GROUP_ID => Err(Incoming::TooLarge(format!("groupId is over {MAX_GROUP_ID} bytes"))),
+        Some(g) => Ok(g.to_owned()),
     };
     match kind {
         "subscribe" => peer().map_or(Incoming::Invalid, Incoming::Subscribe),
         "unsubscribe" => peer().map_or(Incoming::Invalid, Incoming::Unsubscribe),
         "ping" => Incoming::Ping,
-        "join_group" | "leave_group" | "message" => Incoming::Unsupported(kind.to_owned()),
+        "join_group" => group().map_or_else(|e| e, Incoming::JoinGroup),
+        "leave_group" => group().map_or_else(|e| e, Incoming::LeaveGroup),
+        "message" => {
+            let content = v.get("content").and_then(Value::as_str).unwrap_or_default();
+            if content.len() > MAX_CONTENT {
+                return Incoming::TooLarge(format!("content is over {MAX_CONTENT} bytes"));
+            }
+            if field("groupId").is_some() {
+                return group().map_or_else(
+                    |e| e,
+                    |group| Incoming::GroupMessage {
+                        group,
+                        content: content.to_owned(),
+                    },
+                );
+            }
+            if field("peerId").is_some() {
+                return Incoming::PeerMessage;
+            }
+            Incoming::Invalid
+        }
         other => Incoming::Unknown(other.chars().take(64).collect()),
     }
-}
-
-/// The upstream message for a daemon event, and whether it goes to everyone (else to the peer's
-/// subscribers only). `None` for events upstream has no message for.
-fn translate(event: &Event, at_ms: u64) -> Option<(Value, bool)> {
-    match event {
-        Event::PeerConnected { peer_id, .. } => Some((
-            json!({"type": "peer:status", "peerId": peer_id, "status": "online", "transport": "p2p", "timestamp": at_ms}),
-            false,
-        )),
-        Event::PeerDisconnected { peer_id, .. } => Some((
-            json!({"type": "peer:status", "peerId": peer_id, "status": "offline", "transport": "p2p", "timestamp": at_ms}),
-            false,
-        )),
-        Event::PeerDiscovered { peer_id, addrs, source } => Some((
-            json!({"type": "peer:discovered",
-                   "peer": {"id": peer_id, "peerId": peer_id, "addresses": addrs, "source": source, "transport": "p2p"},
-                   "timestamp": at_ms}),
-            true,
-        )),
-        Event::TransferUpdated {
-            id,
-            direction: TransferDirection::Outgoing,
-            state: TransferState::Sent,
-            peer_id,
-        } => Some((
-            json!({"type": "transfer:sent", "transferId": id, "peerId": peer_id, "timestamp": at_ms}),
-            false,
-        )),
-        Event::TransferUpdated {
-            id,
-            direction: TransferDirection::Incoming,
-            state: TransferState::Received,
-            peer_id,
-        } => Some((
-            json!({"type": "transfer:received",
-                   "transfer": {"transferId": id, "peerId": peer_id, "documentCount": 0, "transport": "p2p"},
-                   "timestamp": at_ms}),
-            false,
-        )),
-        _ => None,
-    }
-}
-
-/// Documents in a transfer, for upstream's `transfer:received`; 0 if the daemon cannot say.
-async fn document_count(state: &AppState, id: &str) -> usize {
-    let link = &state.link;
-    let Ok(c) = link.client() else { return 0 };
-    link.finish(c.transfer(ctx(), id.to_owned()).await)
-        .map_or(0, |t| t.documents.len())
 }
 
 struct Client {
     socket: Split,
     state: AppState,
+    client_id: String,
     subscriptions: HashSet<String>,
+    groups: Membership,
 }
 
 /// The client is gone or the server stops; either way the loop ends.
@@ -197,41 +176,48 @@ impl Client {
                 self.send_json(json!({"type": "unsubscribed", "peerId": peer})).await
             }
             Incoming::Ping => self.send_json(json!({"type": "pong", "timestamp": now_ms()})).await,
-            Incoming::Unsupported(kind) => self.error(&format!("{kind} is not supported yet")).await,
+            Incoming::JoinGroup(group) => match self.groups.join(&group) {
+                Ok(()) => self.send_json(json!({"type": "joined_group", "groupId": group})).await,
+                Err(e) => self.error(&e).await,
+            },
+            Incoming::LeaveGroup(group) => {
+                self.groups.leave(&group);
+                self.send_json(json!({"type": "left_group", "groupId": group})).await
+            }
+            Incoming::GroupMessage { group, content } => match self.groups.send(&group, &content, &self.client_id) {
+                Ok(sent) => self.send_json(sent).await,
+                Err(e) => self.error(&e).await,
+            },
+            Incoming::PeerMessage => {
+                self.error(
+                    "Failed to send message: firma-transportd has no P2P message protocol; join a group \
+                     (join_group) and send the message with its groupId to reach that group's members here",
+                )
+                .await
+            }
             Incoming::Unknown(kind) => self.error(&format!("Unknown message type: {kind}")).await,
             Incoming::Invalid => self.error("Invalid message format").await,
+            Incoming::TooLarge(what) => self.error(&format!("Invalid message format: {what}")).await,
         }
     }
 
-    async fn on_published(&mut self, p: &Published) -> Result<(), Stop> {
-        match p {
-            Published::Event { event, .. } => {
-                let Some((mut msg, to_all)) = translate(event, now_ms()) else {
-                    return Ok(());
-                };
-                if to_all || event.peer_id().is_some_and(|id| self.subscriptions.contains(id)) {
-                    if let Event::TransferUpdated { id, .. } = event
-                        && msg["type"] == "transfer:received"
-                    {
-                        msg["transfer"]["documentCount"] = document_count(&self.state, id).await.into();
-                    }
-                    self.send_json(msg).await?;
-                }
-                Ok(())
-            }
-            Published::Daemon { online } => self.send(transport_status(*online)).await,
-            Published::Resync { .. } => Ok(()),
+    async fn on_feed(&mut self, out: &Outgoing) -> Result<(), Stop> {
+        let to_me = match &out.audience {
+            Audience::Everyone => true,
+            Audience::Subscribers(peer) => self.subscriptions.contains(peer),
+        };
+        if to_me {
+            self.send(out.json.clone()).await?;
         }
+        Ok(())
     }
 
     async fn serve(&mut self) -> Result<(), Stop> {
-        let mut rx = self.state.link.subscribe();
-        let mut id = [0u8; 8];
-        rand::rngs::OsRng.fill_bytes(&mut id);
-        let client_id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        self.send_json(json!({"type": "connected", "clientId": format!("client-{client_id}"), "timestamp": now_ms()}))
+        let mut rx = self.state.explorer.subscribe();
+        self.send_json(json!({"type": "connected", "clientId": self.client_id, "timestamp": now_ms()}))
             .await?;
-        self.send(transport_status(self.state.link.status().online)).await?;
+        let status = self.state.explorer.transport_status().await;
+        self.send(status).await?;
         let shutdown = self.state.shutdown.token().clone();
         let mut beat = Heartbeat::new(self.state.config.ws_ping_interval);
         let mut ticker = tokio::time::interval(self.state.config.ws_ping_interval / 2);
@@ -248,8 +234,9 @@ impl Client {
                         Inbound::Gone => return Err(Stop { shutdown: false }),
                     }
                 }
+                Some(text) = self.groups.inbox.recv() => self.send(text).await?,
                 p = rx.recv() => match p {
-                    Ok(p) => self.on_published(&p).await?,
+                    Ok(out) => self.on_feed(&out).await?,
                     Err(RecvError::Lagged(missed)) => {
                         inc(&self.state.metrics.ws_lagged);
                         rx = rx.resubscribe();
@@ -270,10 +257,15 @@ impl Client {
 async fn run(socket: WebSocket, state: AppState, grant: Grant) {
     let _gauge = GaugeGuard::new(&state.metrics.explorer_clients);
     let _presence = Presence::new(&state);
+    let mut id = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    let client_id: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let mut client = Client {
         socket: split(socket),
         state: state.clone(),
+        client_id: format!("client-{client_id}"),
         subscriptions: HashSet::new(),
+        groups: Membership::new(state.groups.clone()),
     };
     // Shutdown also interrupts a send stuck on a client that stopped reading (see ws.rs).
     let shutdown = state.shutdown.token().clone();
@@ -288,10 +280,10 @@ async fn run(socket: WebSocket, state: AppState, grant: Grant) {
     };
     let held = client.subscriptions.len() as u64;
     state.ws_stats.subscriptions.fetch_sub(held, Ordering::Relaxed);
-    if let Err(Stop { shutdown: true }) = end {
-        close_for_shutdown(&mut client.socket.sink, &state).await;
-    } else if session_ended {
-        close_for_session_end(&mut client.socket.sink).await;
+    match end {
+        Err(Stop { shutdown: true }) => close_for_shutdown(&mut client.socket.sink, &state).await,
+        _ if session_ended => close_for_session_end(&mut client.socket.sink).await,
+        _ => finish_close(&mut client.socket.sink).await,
     }
 }
 
@@ -299,7 +291,6 @@ async fn run(socket: WebSocket, state: AppState, grant: Grant) {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use firma_ipc::types::{AddrSource, Direction};
 
     #[test]
     fn parses_upstream_messages() {
@@ -314,54 +305,36 @@ mod tests {
         assert_eq!(parse(r#"{"type":"ping"}"#), Incoming::Ping);
         assert_eq!(
             parse(r#"{"type":"join_group","groupId":"g"}"#),
-            Incoming::Unsupported("join_group".into())
+            Incoming::JoinGroup("g".into())
         );
+        assert_eq!(
+            parse(r#"{"type":"leave_group","groupId":"g"}"#),
+            Incoming::LeaveGroup("g".into())
+        );
+        assert_eq!(
+            parse(r#"{"type":"message","groupId":"g","content":"hi"}"#),
+            Incoming::GroupMessage {
+                group: "g".into(),
+                content: "hi".into()
+            }
+        );
+        assert_eq!(
+            parse(r#"{"type":"message","peerId":"12D3","content":"hi"}"#),
+            Incoming::PeerMessage
+        );
+        let long = "x".repeat(MAX_GROUP_ID + 1);
+        assert!(matches!(
+            parse(&json!({"type": "join_group", "groupId": long}).to_string()),
+            Incoming::TooLarge(_)
+        ));
+        let big = "x".repeat(MAX_CONTENT + 1);
+        assert!(matches!(
+            parse(&json!({"type": "message", "groupId": "g", "content": big}).to_string()),
+            Incoming::TooLarge(_)
+        ));
+        assert_eq!(parse(r#"{"type":"join_group"}"#), Incoming::Invalid);
         assert_eq!(parse(r#"{"type":"dance"}"#), Incoming::Unknown("dance".into()));
         assert_eq!(parse("not json"), Incoming::Invalid);
         assert_eq!(parse(r#"{"type":"subscribe"}"#), Incoming::Invalid);
-    }
-
-    #[test]
-    fn translates_events_to_upstream_shapes() {
-        let ev = Event::PeerConnected {
-            peer_id: "p1".into(),
-            addr: "/ip4/1".into(),
-            direction: Direction::Outbound,
-        };
-        let (msg, all) = translate(&ev, 5).unwrap();
-        assert!(!all);
-        assert_eq!(
-            msg,
-            json!({"type":"peer:status","peerId":"p1","status":"online","transport":"p2p","timestamp":5})
-        );
-        let ev = Event::PeerDiscovered {
-            peer_id: "p2".into(),
-            addrs: vec!["/ip4/2".into()],
-            source: AddrSource::Mdns,
-        };
-        let (msg, all) = translate(&ev, 6).unwrap();
-        assert!(all);
-        assert_eq!(msg["type"], "peer:discovered");
-        assert_eq!(msg["peer"]["peerId"], "p2");
-        assert!(translate(&Event::ListenAddrAdded { addr: "a".into() }, 1).is_none());
-        let update = |id: &str, direction, state, peer: &str| Event::TransferUpdated {
-            id: id.into(),
-            direction,
-            state,
-            peer_id: peer.into(),
-        };
-        let (msg, all) = translate(&update("t1", TransferDirection::Outgoing, TransferState::Sent, "p3"), 7).unwrap();
-        assert!(!all);
-        assert_eq!(
-            msg,
-            json!({"type":"transfer:sent","transferId":"t1","peerId":"p3","timestamp":7})
-        );
-        let received = update("t2", TransferDirection::Incoming, TransferState::Received, "p4");
-        let (msg, _) = translate(&received, 8).unwrap();
-        assert_eq!(msg["type"], "transfer:received");
-        assert_eq!(msg["transfer"]["transferId"], "t2");
-        assert_eq!(msg["transfer"]["peerId"], "p4");
-        let sending = update("t3", TransferDirection::Outgoing, TransferState::Sending, "p5");
-        assert!(translate(&sending, 9).is_none());
     }
 }

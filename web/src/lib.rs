@@ -1,7 +1,8 @@
 //! firma-web: the REST + WebSocket bridge between browsers and `firma-transportd`.
 //!
 //! Tasks: the axum server (routes/, ws.rs, explorer_ws.rs), the one daemon link and event follower
-//! (daemon_link.rs), the signal watcher (reload.rs). `run` wires them, serves until a signal, then
+//! (daemon_link.rs), the `/explorer` feed that translates its events once (explorer_feed.rs), the
+//! signal watcher (reload.rs). `run` wires them, serves until a signal, then
 //! drains and reports whether to stop or to re-execute with the listening socket.
 
 pub mod assets;
@@ -9,12 +10,15 @@ pub mod auth;
 pub mod config;
 pub mod daemon_link;
 pub mod error;
+pub mod explorer_feed;
+pub mod explorer_groups;
 pub mod explorer_ws;
 pub mod listener;
 pub mod metrics;
 pub mod reload;
 pub mod routes;
 pub mod security;
+pub mod serve;
 pub mod state;
 pub mod ws;
 pub mod ws_split;
@@ -33,8 +37,9 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::config::WebConfig;
 use crate::daemon_link::DaemonLink;
+use crate::explorer_feed::ExplorerFeed;
 use crate::metrics::WebMetrics;
-use crate::security::HostPolicy;
+use crate::security::{HostPolicy, OriginPolicy};
 use crate::state::{AppState, Shutdown, WsStats};
 
 /// Accept queue length: clients that connect while a reload is under way wait here.
@@ -128,6 +133,8 @@ pub async fn run(
     // The link outlives the HTTP server: requests still draining may need the daemon.
     let link_stop = CancellationToken::new();
     let link_task = tokio::spawn(link.clone().run(link_stop.clone()));
+    let explorer = ExplorerFeed::new(link.clone(), config.ws_queue);
+    let feed_task = tokio::spawn(explorer.clone().run(link_stop.clone()));
     link.first_attempt(FIRST_CONNECT_WAIT).await;
 
     let mut id = [0u8; 16];
@@ -135,6 +142,7 @@ pub async fn run(
     let instance_id: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let state = AppState {
         hosts: Arc::new(HostPolicy::new(bound, &config.allowed_hosts)),
+        origins: Arc::new(OriginPolicy::new(&config.allow_origins)),
         config: Arc::new(config),
         link: link.clone(),
         auth: Arc::new(auth),
@@ -145,6 +153,8 @@ pub async fn run(
         shutdown: shutdown.clone(),
         ws_tasks: TaskTracker::new(),
         ws_stats: Arc::new(WsStats::default()),
+        explorer,
+        groups: Arc::default(),
     };
     tracing::info!(addr = %bound, instance_id = %state.instance_id, reloaded, "firma-web serving");
     if !reloaded {
@@ -161,8 +171,11 @@ pub async fn run(
         listener::DrainingListener::new(listener, shutdown.token().clone(), state.config.tcp_send_buffer);
     // Told only once the connections already accepted have spoken (see listener.rs).
     let graceful = CancellationToken::new();
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful.clone().cancelled_owned());
-    let mut server = tokio::spawn(async move { server.await });
+    let limits = serve::ConnLimits {
+        header_read_timeout: state.config.header_read_timeout,
+        max_connections: state.config.max_connections,
+    };
+    let mut server = tokio::spawn(serve::serve(listener, app, limits, graceful.clone()));
     // Biased: once shutdown is asked, the server ending is the drain, not a failure.
     let ended_early = tokio::select! {
         biased;
@@ -170,10 +183,10 @@ pub async fn run(
         r = &mut server => Some(r),
     };
     if let Some(r) = ended_early {
-        // axum's serve only ends by itself on a fatal error; stop everything with it.
+        // The server loop only ends by itself if it panicked; stop everything with it.
         shutdown.trigger(false);
         link_stop.cancel();
-        r.context("server task failed")?.context("server failed")?;
+        r.context("server task failed")?;
         anyhow::bail!("the HTTP server on {bound} stopped by itself");
     }
     fresh.settle(FRESH_GRACE).await;
@@ -194,6 +207,7 @@ pub async fn run(
     }
     link_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), link_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), feed_task).await;
     signals.abort();
     Ok(if shutdown.is_reload() {
         Outcome::Reload(handoff)

@@ -18,7 +18,7 @@ use std::time::Duration;
 use nix::sys::socket::{setsockopt, sockopt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
@@ -102,6 +102,7 @@ impl axum::serve::Listener for DrainingListener {
                         TrackedStream {
                             inner: stream,
                             fresh: Some(self.fresh.clone()),
+                            slot: None,
                         },
                         addr,
                     );
@@ -123,9 +124,16 @@ impl axum::serve::Listener for DrainingListener {
 pub struct TrackedStream {
     inner: TcpStream,
     fresh: Option<Arc<FreshConnections>>,
+    /// This connection's place under the connection cap (serve.rs), given back on drop.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl TrackedStream {
+    /// Hold `slot` for as long as this stream lives (through a WebSocket upgrade too).
+    pub fn hold(&mut self, slot: OwnedSemaphorePermit) {
+        self.slot = Some(slot);
+    }
+
     fn heard(&mut self) {
         if let Some(f) = self.fresh.take() {
             f.done();

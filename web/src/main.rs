@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use firma_web::config::{WebConfig, check_listen};
 use firma_web::reload::{self, Handoff};
+use firma_web::security::parse_origin;
 use firma_web::state::Shutdown;
 use firma_web::{Outcome, auth, login_url};
 
@@ -87,6 +88,23 @@ struct ServeArgs {
     /// Another Host header value to accept, e.g. a proxy's `firma.example.org` (repeatable).
     #[arg(long = "allowed-host")]
     allowed_hosts: Vec<String>,
+    /// Let pages of this origin call the API and open the WebSockets, e.g. upstream's Vite dev
+    /// server `http://localhost:3000` (repeatable; comma-separated in FIRMA_WEB_ALLOW_ORIGINS).
+    /// They still need a session or the token; every other origin stays refused.
+    #[arg(
+        long = "allow-origin",
+        value_name = "ORIGIN",
+        env = "FIRMA_WEB_ALLOW_ORIGINS",
+        value_delimiter = ','
+    )]
+    allow_origins: Vec<String>,
+    /// Close a connection that has not sent a whole request head within this long, in ms.
+    #[arg(long, env = "FIRMA_WEB_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    header_read_timeout_ms: u64,
+    /// Most client connections at once, WebSockets included; more wait in the accept queue.
+    /// Keep it under the process's open-file limit (LimitNOFILE).
+    #[arg(long, env = "FIRMA_WEB_MAX_CONNECTIONS", default_value_t = 8192)]
+    max_connections: usize,
     /// First delay before reconnecting to a vanished daemon, in ms; doubles up to --reconnect-max-ms.
     #[arg(long, default_value_t = 250)]
     reconnect_interval_ms: u64,
@@ -124,11 +142,24 @@ fn config(a: ServeArgs) -> anyhow::Result<WebConfig> {
     if a.reconnect_interval_ms == 0 || a.ws_ping_interval_ms < 100 || a.ws_queue == 0 {
         anyhow::bail!("--reconnect-interval-ms must be > 0, --ws-ping-interval-ms >= 100, --ws-queue > 0");
     }
+    if a.header_read_timeout_ms < 100 || a.max_connections == 0 {
+        anyhow::bail!("--header-read-timeout-ms must be >= 100 and --max-connections > 0");
+    }
+    let allow_origins = a
+        .allow_origins
+        .iter()
+        .filter(|o| !o.trim().is_empty())
+        .map(|o| parse_origin(o))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     Ok(WebConfig {
         listen: a.listen,
         socket: a.socket.unwrap_or_else(firma_ipc::paths::default_socket),
         state_dir: a.state_dir.unwrap_or_else(firma_ipc::paths::default_state_dir),
         allowed_hosts: a.allowed_hosts,
+        allow_origins,
+        header_read_timeout: Duration::from_millis(a.header_read_timeout_ms),
+        max_connections: a.max_connections,
         reconnect_min: Duration::from_millis(a.reconnect_interval_ms),
         reconnect_max: Duration::from_millis(a.reconnect_max_ms.max(a.reconnect_interval_ms)),
         drain_timeout: Duration::from_millis(a.drain_timeout_ms),

@@ -3,17 +3,24 @@
 //! - `Host` must be one of ours on every route, WebSocket upgrades included: a page on an
 //!   attacker's domain that re-resolves to 127.0.0.1 (DNS rebinding) sends its own host name.
 //! - State-changing requests and every WebSocket upgrade must come from our own origin: `Origin`
-//!   equal to `http(s)://<Host>`, or `Sec-Fetch-Site: same-origin`. A request with neither is let
-//!   through only when it carries `Authorization: Bearer` (checked afterwards by auth): browsers
-//!   cannot attach that header cross-origin without a CORS preflight, which we never grant, so a
-//!   non-browser API client is the only sender. A cookie alone never suffices without an origin.
+//!   equal to `http(s)://<Host>`, or `Sec-Fetch-Site: same-origin`, or an `Origin` the operator
+//!   allowed by name (`--allow-origin`, e.g. upstream's Vite dev server on :3000). A request with
+//!   neither is let through only when it carries `Authorization: Bearer` (checked afterwards by
+//!   auth): browsers cannot attach that header cross-origin without a CORS preflight, which we
+//!   grant to allowed origins only, so a non-browser API client is the only other sender. A
+//!   cookie alone never suffices without an origin, and an allowed origin still authenticates.
+//! - CORS (tower-http's `CorsLayer`, only when origins are allowed): responses to an allowed
+//!   origin carry `Access-Control-Allow-Origin: <it>` and `Allow-Credentials: true`; any other
+//!   origin gets neither, so its page cannot read a response.
 
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tower_http::cors::{AllowCredentials, AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use crate::auth::bearer;
 use crate::error::ApiError;
@@ -53,6 +60,68 @@ impl HostPolicy {
     }
 }
 
+/// Normalise an `--allow-origin` value to the form browsers send (`scheme://host[:port]`, lower
+/// case, no default port elided by us, no path), or say what is wrong with it.
+pub fn parse_origin(raw: &str) -> Result<String, String> {
+    let o = raw.trim().trim_end_matches('/').to_ascii_lowercase();
+    let bad = |why: &str| {
+        Err(format!(
+            "--allow-origin {raw:?}: {why}; give an origin as a browser sends it, e.g. http://localhost:3000"
+        ))
+    };
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return bad("no scheme");
+    };
+    if scheme != "http" && scheme != "https" {
+        return bad("the scheme must be http or https");
+    }
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', '*', ' ']) {
+        return bad("an origin is scheme://host[:port], without path, user or wildcard");
+    }
+    Ok(o)
+}
+
+/// Origins other than our own that may make state-changing requests, open the WebSockets and
+/// read API responses (CORS).
+#[derive(Debug, Clone, Default)]
+pub struct OriginPolicy {
+    allowed: Vec<String>,
+}
+
+impl OriginPolicy {
+    /// `origins` are already normalised by [`parse_origin`].
+    pub fn new(origins: &[String]) -> Self {
+        let mut allowed = origins.to_vec();
+        allowed.sort();
+        allowed.dedup();
+        Self { allowed }
+    }
+
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allowed.iter().any(|a| a == origin)
+    }
+
+    /// The CORS layer for the allowed origins; `None` when there are none (no CORS at all).
+    pub fn cors(&self) -> Option<CorsLayer> {
+        if self.allowed.is_empty() {
+            return None;
+        }
+        let allowed = std::sync::Arc::new(self.clone());
+        let for_creds = allowed.clone();
+        let is_allowed = move |origin: &HeaderValue, _: &Parts| origin.to_str().is_ok_and(|o| allowed.allows(o));
+        Some(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::predicate(is_allowed))
+                .allow_credentials(AllowCredentials::predicate(move |origin, _| {
+                    origin.to_str().is_ok_and(|o| for_creds.allows(o))
+                }))
+                .allow_methods(AllowMethods::list([Method::GET, Method::POST]))
+                .allow_headers(AllowHeaders::list([header::AUTHORIZATION, header::CONTENT_TYPE]))
+                .max_age(std::time::Duration::from_secs(600)),
+        )
+    }
+}
+
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
@@ -60,16 +129,17 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// Whether the request comes from our own origin, per the rules in the module header.
-fn same_origin(headers: &HeaderMap, host: &str) -> Result<(), String> {
+/// Whether the request comes from our own origin or an allowed one, per the module header.
+fn same_origin(headers: &HeaderMap, host: &str, origins: &OriginPolicy) -> Result<(), String> {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or_default().to_ascii_lowercase();
         let host = host.to_ascii_lowercase();
-        if origin == format!("http://{host}") || origin == format!("https://{host}") {
+        if origin == format!("http://{host}") || origin == format!("https://{host}") || origins.allows(&origin) {
             return Ok(());
         }
         return Err(format!(
-            "Origin {origin} does not match this server ({host}); cross-site requests are refused"
+            "Origin {origin} does not match this server ({host}); cross-site requests are refused (allow a \
+             development page's origin with --allow-origin)"
         ));
     }
     match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
@@ -126,7 +196,7 @@ fn check(state: &AppState, req: &Request) -> Result<(), ApiError> {
     }
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if !safe || is_upgrade(req.headers()) {
-        same_origin(req.headers(), &host).map_err(ApiError::forbidden)?;
+        same_origin(req.headers(), &host, &state.origins).map_err(ApiError::forbidden)?;
     }
     Ok(())
 }
@@ -157,7 +227,32 @@ mod tests {
     }
 
     #[test]
+    fn allowed_origins_are_normalised_and_checked() {
+        assert_eq!(parse_origin("HTTP://LocalHost:3000/").unwrap(), "http://localhost:3000");
+        assert!(parse_origin("localhost:3000").is_err());
+        assert!(parse_origin("ftp://x").is_err());
+        assert!(parse_origin("http://*").is_err());
+        assert!(parse_origin("http://x/app").is_err());
+        let dev = OriginPolicy::new(&["http://localhost:3000".into()]);
+        let host = "localhost:8080";
+        assert!(same_origin(&headers(&[("origin", "http://localhost:3000")]), host, &dev).is_ok());
+        assert!(same_origin(&headers(&[("origin", "http://localhost:3001")]), host, &dev).is_err());
+        assert!(
+            same_origin(
+                &headers(&[("origin", "http://localhost:3000")]),
+                host,
+                &OriginPolicy::default()
+            )
+            .is_err()
+        );
+        assert!(OriginPolicy::default().cors().is_none());
+        assert!(dev.cors().is_some());
+    }
+
+    #[test]
     fn origin_rules() {
+        let none = OriginPolicy::default();
+        let same_origin = |h: &HeaderMap, host: &str| same_origin(h, host, &none);
         let host = "127.0.0.1:8080";
         assert!(same_origin(&headers(&[("origin", "http://127.0.0.1:8080")]), host).is_ok());
         assert!(same_origin(&headers(&[("origin", "http://evil.example")]), host).is_err());

@@ -12,8 +12,10 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::config::WebConfig;
 use crate::daemon_link::DaemonLink;
+use crate::explorer_feed::ExplorerFeed;
+use crate::explorer_groups::Groups;
 use crate::metrics::WebMetrics;
-use crate::security::HostPolicy;
+use crate::security::{HostPolicy, OriginPolicy};
 
 /// Milliseconds since the Unix epoch, the time unit of every JSON message (as upstream).
 pub fn now_ms() -> u64 {
@@ -60,6 +62,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub metrics: Arc<WebMetrics>,
     pub hosts: Arc<HostPolicy>,
+    /// Foreign origins the operator allowed (`--allow-origin`).
+    pub origins: Arc<OriginPolicy>,
     /// The address actually listened on (the inherited socket's, after a reload).
     pub bound: SocketAddr,
     /// Random per process start: a reload shows as a new id in `/api/info`.
@@ -69,6 +73,10 @@ pub struct AppState {
     /// WebSocket tasks outlive their HTTP request; shutdown waits for them here.
     pub ws_tasks: TaskTracker,
     pub ws_stats: Arc<WsStats>,
+    /// What `/explorer` clients are told, translated once for all of them.
+    pub explorer: Arc<ExplorerFeed>,
+    /// `/explorer`'s groups (join_group, message).
+    pub groups: Arc<Groups>,
 }
 
 impl AppState {

@@ -98,7 +98,8 @@ pub async fn handler(
     ws.on_upgrade(move |socket| tasks.track_future(run(socket, state, q, grant)))
 }
 
-/// The message that tells a client whether the daemon is reachable (same shape as `/explorer`'s).
+/// The message that tells a `/ws` client whether the daemon is reachable: `online | offline`
+/// (`/explorer` speaks upstream's values instead, see explorer_feed.rs).
 pub fn transport_status(online: bool) -> Utf8Bytes {
     let status = if online { "online" } else { "offline" };
     Utf8Bytes::from(
@@ -127,6 +128,13 @@ pub async fn close_for_session_end(socket: &mut Sink) {
         reason: Utf8Bytes::from_static("session ended"),
     };
     let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+}
+
+/// End a session the client ended (or broke): complete the close handshake. When the client sent
+/// a close frame, tungstenite has queued the answering one, and only a write or flush sends it;
+/// without this the client never gets it and sees 1006 instead of its own normal close.
+pub async fn finish_close(socket: &mut Sink) {
+    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, socket.close()).await;
 }
 
 /// Heartbeat bookkeeping shared by both sockets.
@@ -437,6 +445,6 @@ async fn run(socket: WebSocket, state: AppState, q: WsQuery, grant: Grant) {
     match end {
         Err(End::Shutdown) => close_for_shutdown(&mut client.socket.sink, &state).await,
         Err(End::SessionEnded) => close_for_session_end(&mut client.socket.sink).await,
-        _ => {}
+        _ => finish_close(&mut client.socket.sink).await,
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP surface: which path goes to which handler, and which layers wrap them.
 //!
-//! Layers, outermost first: `security::guard` (count, Host, Origin, security headers), the limit of
+//! Layers, outermost first: `security::guard` (count, Host, Origin, security headers), CORS for
+//! allowed origins (security.rs), the limit of
 //! requests in flight, the body cap, then `auth::require_auth` on everything but `/health`,
 //! `/login`, the OpenAPI document and the static page (`/logout` needs the session it ends). Handlers are thin: authorise (done by the
 //! layers), call the daemon, encode.
@@ -76,6 +77,9 @@ pub fn router(state: AppState) -> Router {
         // Requests past this wait for a slot instead of piling up work (a WebSocket holds its slot
         // only for the upgrade itself).
         .layer(ConcurrencyLimitLayer::new(MAX_IN_FLIGHT))
+        // CORS for the origins allowed with --allow-origin (none by default); it answers their
+        // preflights before auth, which a preflight never carries.
+        .layer(tower::util::option_layer(state.origins.cors()))
         .layer(middleware::from_fn_with_state(state.clone(), security::guard))
         .with_state(state)
 }

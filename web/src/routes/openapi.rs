@@ -73,8 +73,9 @@ pub fn build() -> Value {
                       "503": {"description": "Not arrived complete and verified yet, or the daemon is unreachable"}}});
     download["responses"]["401"] = json!({"description": "Missing or wrong credential"});
     let text = json!({"description": "Prometheus text", "content": {"text/plain": {}}});
-    let ws = |summary: &str| {
-        json!({"get": {"summary": summary, "security": [{"bearer": []}, {"session": []}, {"ticket": []}],
+    let ws = |summary: &str, description: &str| {
+        json!({"get": {"summary": summary, "description": description,
+                       "security": [{"bearer": []}, {"session": []}, {"ticket": []}],
                        "responses": {"101": {"description": "Switching Protocols"}}}})
     };
     json!({
@@ -134,8 +135,22 @@ pub fn build() -> Value {
             "/api/transfers/{id}/documents/{doc_id}": {"get": download},
             "/metrics": {"get": {"summary": "Prometheus metrics (daemon and web tier)",
                                  "security": [{"bearer": []}, {"session": []}], "responses": {"200": text}}},
-            "/ws": ws("Event stream: snapshot, then events with seq; ?since=N resumes"),
-            "/explorer": ws("Upstream Peer Explorer socket"),
+            "/ws": ws("Event stream: snapshot, then events with seq; ?since=N resumes",
+                "Server to client: `snapshot`, events `{seq, at_ms, type, ...}`, `resync {reason}`, `pong`, `error`, and \
+                 `transport:status` whose `status` is this stream's own `online | offline` (the daemon reachable or not). \
+                 Client to server: `ping`. A client's close (1000) is answered with a close frame; the server closes \
+                 with 1012 on reload (reconnect with ?since) and 1001 on stop."),
+            "/explorer": ws("Upstream Peer Explorer socket",
+                "Upstream Firma-Sign's ExplorerWebSocket protocol. Client to server: `subscribe`/`unsubscribe {peerId}`, \
+                 `ping`, `join_group`/`leave_group {groupId}`, `message {groupId, content}`. Server to client: `connected`, \
+                 `subscribed`, `unsubscribed`, `joined_group`, `left_group`, `message:sent`, `message:received` (to the \
+                 group's other members on this server), `pong`, `error`; `peer:status`, `transfer:sent`, \
+                 `transfer:received` to subscribers of the peer; `peer:discovered {peer: EnhancedPeer}` and \
+                 `transport:status` to everyone. `transport:status` uses upstream's values `active | inactive | error | \
+                 connecting` with `details.connections` (peers with an open P2P connection) and `details.error` when \
+                 `error`. Bounds per client: 1024 subscriptions, 32 groups, 256 members per group, group names of 128 \
+                 bytes, messages of 16 KiB, 20 messages at once then 5 per second. A message to a `peerId` is refused \
+                 (no P2P message protocol). A client's close (1000) is answered with a close frame."),
         },
     })
 }
