@@ -229,8 +229,10 @@ pub fn revoke(state_dir: &Path, which: Which<'_>) -> anyhow::Result<usize> {
     }
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {}", dir.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && matches!(which, Which::All) => return Ok(0),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot read {} (check --state-dir)", dir.display())));
+        }
     };
     let targets: Vec<PathBuf> = entries
         .flatten()
