@@ -38,11 +38,19 @@ pub fn load_or_create(state_dir: &Path) -> anyhow::Result<Keypair> {
             let key = Keypair::generate_ed25519();
             let bytes = key.to_protobuf_encoding().context("encoding the new identity key")?;
             // Write to a temp file created 0600 and rename, so a crash never leaves half a key.
+            // The name is predictable, so whatever is there (a crash's leftover, or a symlink
+            // someone planted) is unlinked, never followed, and the file is created new
+            // (O_EXCL, O_NOFOLLOW): the key cannot be written through a link into another file.
             let tmp = state_dir.join(format!("{KEY_FILE}.tmp"));
+            match fs::remove_file(&tmp) {
+                Ok(()) => tracing::warn!(path = %tmp.display(), "removed a leftover temporary identity key"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
+            }
             let mut f = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
                 .mode(0o600)
                 .open(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
@@ -69,6 +77,27 @@ mod tests {
         assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
         let mode = fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn planted_temp_key_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(format!("{KEY_FILE}.tmp"))).unwrap();
+        let key = load_or_create(dir.path()).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        let mode = fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "the victim's mode changed");
+        let again = load_or_create(dir.path()).unwrap();
+        assert_eq!(key.public().to_peer_id(), again.public().to_peer_id());
+        assert!(
+            !fs::symlink_metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]

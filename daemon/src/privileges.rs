@@ -1,14 +1,20 @@
-//! Least privilege: started as root, the daemon binds its socket and listeners and opens its
-//! store first, then hands its files to the service account and drops to it for good
-//! (setgroups, setgid, setuid), and proves root cannot be regained.
+//! Least privilege: started as root, the daemon opens its store and binds its socket (and any
+//! privileged listen port) first, then hands its files to the service account and drops to it
+//! for good (setgroups, setgid, setuid), and proves root cannot be regained.
 //!
 //! glibc's `setuid` changes every thread of the process (it broadcasts the change), so doing
 //! this after the tokio runtime started is correct; raw syscalls would change one thread only.
 
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use nix::unistd::{Gid, Uid, User, chown, getegid, geteuid, setgid, setgroups, setuid};
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Uid, User, chown, fchown, fchownat, getegid, geteuid, setgid, setgroups, setuid};
 
 /// What `drop_root` did, for the startup log.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,17 +57,64 @@ pub fn hand_over(target: &Target, paths: &[&Path]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hands `paths` (recursively for directories) to the target account.
+/// How deep `hand_over_tree` descends; the state dir is a few levels deep, never this.
+const MAX_TREE_DEPTH: usize = 32;
+
+/// Hands the tree under `root` to the target account without ever following a symlink: each
+/// directory is opened `O_NOFOLLOW|O_DIRECTORY` relative to its parent's descriptor and every
+/// entry is chowned with `fchownat(AT_SYMLINK_NOFOLLOW)`. A directory swapped for a symlink
+/// meanwhile (the service account owns the tree and could try) is not entered, and a symlink is
+/// at most chowned itself, never its target. `root` itself is the operator's choice and may be
+/// a symlink.
 pub fn hand_over_tree(target: &Target, root: &Path) -> anyhow::Result<()> {
-    hand_over(target, &[root])?;
-    let entries = std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))?;
-    for entry in entries {
-        let path = entry.with_context(|| format!("reading {}", root.display()))?.path();
-        let meta = std::fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
-        if meta.is_dir() {
-            hand_over_tree(target, &path)?;
-        } else if !meta.file_type().is_symlink() {
-            hand_over(target, &[path.as_path()])?;
+    let fd = nix::fcntl::open(
+        root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", root.display()))?;
+    fchown(&fd, Some(target.uid), Some(target.gid))
+        .with_context(|| format!("giving {} to user {}", root.display(), target.name))?;
+    hand_over_dir(target, fd, root, 0)
+}
+
+fn hand_over_dir(target: &Target, dir: OwnedFd, path: &Path, depth: usize) -> anyhow::Result<()> {
+    if depth >= MAX_TREE_DEPTH {
+        bail!(
+            "{} is nested deeper than {MAX_TREE_DEPTH} levels; not handing it over",
+            path.display()
+        );
+    }
+    let listing = dir.try_clone().with_context(|| format!("reading {}", path.display()))?;
+    let mut entries = Dir::from_fd(listing).with_context(|| format!("reading {}", path.display()))?;
+    for entry in entries.iter() {
+        let entry = entry.with_context(|| format!("reading {}", path.display()))?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let child = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        match fchownat(
+            &dir,
+            name,
+            Some(target.uid),
+            Some(target.gid),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e).with_context(|| format!("giving {} to user {}", child.display(), target.name)),
+        }
+        if entry.file_type() != Some(Type::Directory) {
+            continue;
+        }
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match openat(&dir, name, flags, Mode::empty()) {
+            Ok(sub) => hand_over_dir(target, sub, &child, depth + 1)?,
+            // Swapped for a symlink or removed since it was listed: nothing of ours to hand over.
+            Err(Errno::ELOOP | Errno::ENOTDIR | Errno::ENOENT) => {
+                tracing::warn!(path = %child.display(), "a directory in the state dir changed while it was handed over; left alone");
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", child.display())),
         }
     }
     Ok(())
@@ -90,4 +143,69 @@ pub fn drop_root(target: Option<Target>) -> anyhow::Result<Outcome> {
         uid: t.uid.as_raw(),
         gid: t.gid.as_raw(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+
+    use super::*;
+
+    /// The attack of a compromised service account on a root start: it keeps swapping a
+    /// directory of the state dir with a symlink to a root-owned file while the tree is handed
+    /// over. The file must stay root's. (Needs root, as the daemon's hand-over does.)
+    #[test]
+    fn swapping_a_directory_for_a_symlink_never_chowns_its_target() {
+        if !geteuid().is_root() {
+            eprintln!("skipped: needs root to chown");
+            return;
+        }
+        let Ok(Some(nobody)) = User::from_name("nobody") else {
+            eprintln!("skipped: no user nobody");
+            return;
+        };
+        let target = Target {
+            name: nobody.name,
+            uid: nobody.uid,
+            gid: nobody.gid,
+        };
+        let top = tempfile::tempdir().unwrap();
+        let victim = top.path().join("victim");
+        std::fs::write(&victim, b"root's").unwrap();
+        let state = top.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let pairs = 64;
+        for i in 0..pairs {
+            std::fs::create_dir(state.join(format!("d{i}"))).unwrap();
+            std::os::unix::fs::symlink(&victim, state.join(format!("l{i}"))).unwrap();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (stop, state) = (stop.clone(), state.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for i in 0..pairs {
+                        let (d, l) = (state.join(format!("d{i}")), state.join(format!("l{i}")));
+                        let _ = renameat2(AT_FDCWD, &d, AT_FDCWD, &l, RenameFlags::RENAME_EXCHANGE);
+                    }
+                }
+            })
+        };
+        for _ in 0..300 {
+            hand_over_tree(&target, &state).unwrap();
+            if std::fs::metadata(&victim).unwrap().uid() != 0 {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        let meta = std::fs::metadata(&victim).unwrap();
+        assert_eq!(meta.uid(), 0, "the symlink's target was handed to nobody");
+        // The tree itself was handed over.
+        assert_eq!(std::fs::metadata(&state).unwrap().uid(), target.uid.as_raw());
+    }
 }
