@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use firma_ipc::client::ConnectError;
+use firma_ipc::client::{ConnectError, error_chain};
 use firma_ipc::{ErrorCode, IpcError};
 use serde::Serialize;
 use tarpc::client::RpcError;
@@ -119,18 +119,6 @@ impl CliError {
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, CliError::Output(e) if e.kind() == io::ErrorKind::BrokenPipe)
     }
-}
-
-/// `err` and its sources joined, because tarpc's top-level messages hide the useful part.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[derive(Serialize)]

@@ -206,8 +206,18 @@ pub struct ControlConfig {
     pub group: String,
     /// Accounts that only get the web tier's narrower role even if they are in `group`.
     pub web_users: Vec<String>,
+    /// Open control connections, all accounts together.
     pub max_connections: u32,
     pub max_connections_per_uid: u32,
+    /// Slots of `max_connections` that only operators may take: the web role never holds more
+    /// than the rest, so a busy or compromised web tier cannot lock operators out.
+    pub reserved_for_operators: u32,
+    /// A connection that has not called `hello` this long after it opened is closed.
+    #[serde(with = "humantime_serde")]
+    pub hello_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (clients reconnect).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Requests one connection may have in flight at once.
     pub max_in_flight: u32,
 }
@@ -219,6 +229,9 @@ impl Default for ControlConfig {
             web_users: vec!["firma-web".to_owned()],
             max_connections: 128,
             max_connections_per_uid: 64,
+            reserved_for_operators: 16,
+            hello_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
             max_in_flight: 64,
         }
     }
@@ -412,8 +425,24 @@ impl Config {
         if self.events.retained < 16 {
             return Err(bad("events.retained", "must be at least 16"));
         }
-        if self.control.max_connections == 0 || self.control.max_in_flight == 0 {
+        let c = &self.control;
+        if c.max_connections == 0 || c.max_in_flight == 0 || c.max_connections_per_uid == 0 {
             return Err(bad("control.max_connections", "control limits must be at least 1"));
+        }
+        if c.reserved_for_operators >= c.max_connections {
+            return Err(bad(
+                "control.reserved_for_operators",
+                "must be below control.max_connections (the rest is what the web role may use)",
+            ));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&c.hello_timeout) {
+            return Err(bad("control.hello_timeout", "use 100ms to 5m"));
+        }
+        if c.idle_timeout < Duration::from_secs(1) || c.idle_timeout < c.hello_timeout {
+            return Err(bad(
+                "control.idle_timeout",
+                "must be at least 1s and at least control.hello_timeout",
+            ));
         }
         let t = &self.transfer;
         if t.max_document_bytes == 0 {

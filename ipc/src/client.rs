@@ -9,6 +9,7 @@ use interprocess::local_socket::traits::tokio::Stream as _;
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use tarpc::context;
 
+use crate::IpcError;
 use crate::service::{API_VERSION, ControlClient};
 use crate::types::{Hello, Role};
 
@@ -27,10 +28,22 @@ pub enum ConnectError {
         "the daemon at {path} speaks control API {daemon}, this client speaks {client}.\n  Install matching versions of firma-transportd and its clients"
     )]
     VersionMismatch { path: PathBuf, daemon: u32, client: u32 },
-    #[error("the daemon at {path} refused this client: {reason}")]
-    Refused { path: PathBuf, reason: String },
+    /// The daemon answered `hello` with an error: over a connection limit, or denied.
+    #[error("the daemon at {path} refused this client: {error}")]
+    Refused { path: PathBuf, error: IpcError },
+    #[error(
+        "the daemon at {path} closed the connection without answering ({detail}).\n  Either this account may not use the control socket (root, the daemon's user, its control group, control.web_users), or the daemon is at a connection limit; its log says which"
+    )]
+    Closed { path: PathBuf, detail: String },
     #[error("could not talk to the daemon at {path}: {reason}")]
     Io { path: PathBuf, reason: String },
+}
+
+impl ConnectError {
+    /// The daemon said no for good (as opposed to "not now": a connection limit).
+    pub fn is_denied(&self) -> bool {
+        matches!(self, ConnectError::Refused { error, .. } if error.code == crate::ErrorCode::Denied)
+    }
 }
 
 /// A connected, version-checked control client.
@@ -80,17 +93,18 @@ pub async fn connect(path: &Path, client_name: &str, want_role: Role) -> Result<
         .await
     {
         Ok(Ok(hello)) => hello,
-        Ok(Err(e)) => {
+        Ok(Err(error)) => {
             return Err(ConnectError::Refused {
                 path: path.to_owned(),
-                reason: e.message,
+                error,
             });
         }
-        // The daemon closes connections it refuses by credentials before decoding a frame.
-        Err(tarpc::client::RpcError::Shutdown) => {
-            return Err(ConnectError::Refused {
+        // The daemon closes connections it refuses by credentials before decoding a frame; our
+        // `hello` may then fail to be written (Channel) or find the connection gone (Shutdown).
+        Err(e @ (tarpc::client::RpcError::Shutdown | tarpc::client::RpcError::Channel(_))) => {
+            return Err(ConnectError::Closed {
                 path: path.to_owned(),
-                reason: "connection closed by the daemon (is this user allowed to use the control socket?)".to_owned(),
+                detail: error_chain(&e),
             });
         }
         Err(e) => {
@@ -112,6 +126,18 @@ pub async fn connect(path: &Path, client_name: &str, want_role: Role) -> Result<
         hello,
         path: path.to_owned(),
     })
+}
+
+/// `err` and its sources joined: tarpc's own messages hide the useful part (the I/O error).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Exponential backoff for reconnect loops: `initial`, doubling up to `max`.
@@ -142,7 +168,7 @@ impl Backoff {
 }
 
 /// Connect, retrying with `backoff` until it works or a non-retryable error (version mismatch,
-/// permission) comes back. `on_retry` sees each failure, e.g. to report "reconnecting".
+/// permission, a denial) comes back; a connection limit is waited out. `on_retry` sees each failure, e.g. to report "reconnecting".
 pub async fn connect_with_retry(
     path: &Path,
     client_name: &str,
@@ -157,6 +183,7 @@ pub async fn connect_with_retry(
                 return Ok(c);
             }
             Err(e @ (ConnectError::VersionMismatch { .. } | ConnectError::PermissionDenied { .. })) => return Err(e),
+            Err(e @ ConnectError::Refused { .. }) if e.is_denied() => return Err(e),
             Err(e) => {
                 on_retry(&e);
                 tokio::time::sleep(backoff.next_delay()).await;

@@ -43,10 +43,24 @@ impl CliOutput {
 
 /// Run `firmactl ARGS...` with no inherited `FIRMA_*` variables; kill it after [`CLI_TIMEOUT`].
 pub async fn run_cli(args: &[&str]) -> anyhow::Result<CliOutput> {
+    run(args, None).await
+}
+
+/// Like [`run_cli`], as the account `uid`/`gid` (the test runs as root; std clears the
+/// supplementary groups), for what the daemon lets another account do.
+pub async fn run_cli_as(uid: u32, gid: u32, args: &[&str]) -> anyhow::Result<CliOutput> {
+    run(args, Some((uid, gid))).await
+}
+
+async fn run(args: &[&str], account: Option<(u32, u32)>) -> anyhow::Result<CliOutput> {
+    use std::os::unix::process::CommandExt;
     let bin = crate::bins::firmactl()?;
     let mut cmd = std::process::Command::new(&bin);
     crate::harness::clear_firma_env(&mut cmd);
     cmd.args(args).stdin(std::process::Stdio::null());
+    if let Some((uid, gid)) = account {
+        cmd.uid(uid).gid(gid);
+    }
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
     let out = tokio::time::timeout(CLI_TIMEOUT, cmd.output())

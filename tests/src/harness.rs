@@ -470,6 +470,19 @@ impl Daemon {
         run_cli(&full).await
     }
 
+    /// Open the socket's directory (0755) and the socket (0666) to every account, so that only
+    /// the daemon's own credential checks and limits stand between another uid and the API.
+    /// Needs `world_traversable`.
+    pub fn open_socket_to_all(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.socket.parent().context("socket has no parent")?;
+        for (path, mode) in [(dir, 0o755), (self.socket.as_path(), 0o666)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// `/proc/<pid>/status` of the daemon process.
     pub fn proc_status(&self) -> anyhow::Result<String> {
         let pid = self

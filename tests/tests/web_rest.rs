@@ -74,7 +74,22 @@ async fn rest_shapes_and_peer_operations() -> anyhow::Result<()> {
     }
 
     // Connect a peer through the API and see it in peers, connections, topology and history.
+    // The web role dials only what the daemon knows: an operator introduces b first.
     let target = b.tcp_addr().await?;
+    a.connect_to(&b).await?;
+    let op = a.client().await?;
+    firma_tests::harness::flatten(
+        op.client
+            .disconnect(
+                firma_ipc::client::ctx(firma_ipc::client::CALL_TIMEOUT),
+                b.peer_id().to_owned(),
+            )
+            .await,
+    )?;
+    wait_for(Duration::from_secs(10), "a to drop b", || async {
+        !a.is_connected_to(b.peer_id()).await
+    })
+    .await?;
     let r = web.post("/api/peers/connect", &json!({ "target": target })).await?;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()?["peer_id"], b.peer_id());

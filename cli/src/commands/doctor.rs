@@ -227,7 +227,10 @@ async fn daemon(path: &Path, timeout: Duration) -> (Vec<Finding>, Option<Status>
                     "the socket is stale: start the daemon (firma-transportd --socket {}); it replaces a stale socket by itself",
                     path.display()
                 ),
-                ConnectError::PermissionDenied { .. } | ConnectError::Refused { .. } => {
+                ConnectError::Refused { .. } if !e.is_denied() => {
+                    "the daemon is at a connection limit: close idle clients, or raise the [control] limit the message names".to_owned()
+                }
+                ConnectError::PermissionDenied { .. } | ConnectError::Refused { .. } | ConnectError::Closed { .. } => {
                     "run as root, as the daemon's user, or add yourself to its control group: sudo usermod -aG firma $USER (then log in again)".to_owned()
                 }
                 ConnectError::VersionMismatch { .. } => "install matching versions of firma-transportd and firmactl".to_owned(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use firma_ipc::event::{Event, EventBatch};
 use firma_ipc::service::{MAX_EVENTS_BATCH, MAX_EVENTS_WAIT_MS};
-use firma_ipc::transfer::{TransferInfo, TransferState};
+use firma_ipc::transfer::{TransferDirection, TransferInfo, TransferState};
 use firma_ipc::{ErrorCode, IpcError};
 
 use crate::commands::progress::Progress;
@@ -41,8 +41,8 @@ pub async fn follow(
     progress: &Progress,
 ) -> Result<TransferInfo, CliError> {
     let mut info = fetch(rc, id).await?;
-    let mut shown_state = None;
-    show(out, progress, &info, &mut shown_state);
+    let mut shown = None;
+    show(out, progress, &info, &mut shown);
     let mut cursor = Cursor {
         after,
         instance: None,
@@ -59,7 +59,7 @@ pub async fn follow(
         if apply(&mut cursor, &batch, rc.generation(), id, &mut info) {
             info = fetch(rc, id).await?;
         }
-        show(out, progress, &info, &mut shown_state);
+        show(out, progress, &info, &mut shown);
     }
     Ok(info)
 }
@@ -109,31 +109,45 @@ async fn fetch(rc: &mut Reconnecting, id: &str) -> Result<TransferInfo, CliError
     .await
 }
 
-/// Move the bar, and say so when the state changed.
-fn show(out: Output, progress: &Progress, info: &TransferInfo, shown: &mut Option<TransferState>) {
+/// Move the bar, and say so when the state, or why it waits, changed.
+fn show(out: Output, progress: &Progress, info: &TransferInfo, shown: &mut Option<String>) {
     progress.set(info.bytes_done, info.bytes_total);
-    if *shown == Some(info.state) {
+    let described = describe_state(info);
+    if shown.as_deref() == Some(described.as_str()) {
         return;
     }
-    *shown = Some(info.state);
-    let state = format::transfer_state(info.state);
-    progress.message(state);
+    progress.message(format::transfer_state(info.state));
     if !out.is_json() {
-        progress.notice(out, &format!("transfer {}: {}", info.id, describe_state(info)));
+        progress.notice(out, &format!("transfer {}: {described}", info.id));
     }
+    *shown = Some(described);
 }
 
-/// The state as a phrase for a person, e.g. "pending (the recipient is offline or not reached yet)".
+/// The state as a phrase for a person, e.g. "pending (waiting for the recipient to accept)".
 pub fn describe_state(info: &TransferInfo) -> String {
     let state = format::transfer_state(info.state);
     let why = match info.state {
-        TransferState::Pending => Some("waiting in the outbox until the recipient is reachable".to_owned()),
+        // While pending the daemon says why it waits: offered and held by the recipient for a
+        // decision, or the last attempt's failure. Nothing yet: it has not reached the recipient.
+        TransferState::Pending if info.direction == TransferDirection::Outgoing => Some(
+            info.error
+                .clone()
+                .unwrap_or_else(|| "waiting in the outbox until the recipient is reachable".to_owned()),
+        ),
+        TransferState::Pending => Some(format!(
+            "waiting for you to accept it: firmactl accept {id} (or firmactl reject {id})",
+            id = info.id
+        )),
         TransferState::Sent => Some("all bytes sent, waiting for the recipient's receipt".to_owned()),
-        TransferState::Delivered => Some(match &info.receipt {
-            Some(r) if r.verified => "receipt signed by the recipient and verified".to_owned(),
-            Some(_) => "receipt received but its signature did NOT verify".to_owned(),
-            None => "delivered".to_owned(),
-        }),
+        TransferState::Delivered => match &info.receipt {
+            Some(r) if r.verified => Some("receipt signed by the recipient and verified".to_owned()),
+            Some(_) => Some("receipt received but its signature did NOT verify".to_owned()),
+            // Upstream's v1 answers `success` and signs nothing.
+            None if info.protocol.ends_with("/1.0.0") => {
+                Some("acknowledged by the recipient; legacy v1 gives no signed receipt".to_owned())
+            }
+            None => None,
+        },
         TransferState::Failed | TransferState::Rejected | TransferState::Cancelled => info.error.clone(),
         _ => None,
     };
@@ -160,7 +174,6 @@ pub fn failure(info: &TransferInfo) -> Option<CliError> {
 #[cfg(test)]
 mod tests {
     use firma_ipc::event::EventEnvelope;
-    use firma_ipc::transfer::TransferDirection;
 
     use super::*;
     use crate::commands::transfer::tests::transfer;
@@ -254,6 +267,37 @@ mod tests {
         assert!(apply(&mut c, &batch(vec![], 0, 3, false, 8), 1, "T", &mut info));
         assert!(apply(&mut c, &batch(vec![], 0, 9, true, 8), 1, "T", &mut info));
         assert_eq!(c.after, 9);
+    }
+
+    #[test]
+    fn pending_and_delivered_say_what_they_wait_for() {
+        let mut out = transfer("T", TransferState::Pending);
+        out.direction = TransferDirection::Outgoing;
+        assert_eq!(
+            describe_state(&out),
+            "pending (waiting in the outbox until the recipient is reachable)"
+        );
+        out.error = Some("offered; waiting for the recipient to accept it".into());
+        assert_eq!(
+            describe_state(&out),
+            "pending (offered; waiting for the recipient to accept it)"
+        );
+        let held = transfer("T", TransferState::Pending);
+        assert!(
+            describe_state(&held).contains("firmactl accept T"),
+            "{}",
+            describe_state(&held)
+        );
+        let mut v1 = transfer("T", TransferState::Delivered);
+        v1.direction = TransferDirection::Outgoing;
+        v1.protocol = "/firma-sign/transfer/1.0.0".into();
+        let text = describe_state(&v1);
+        assert!(
+            text.starts_with("delivered (") && !text.contains("(delivered)"),
+            "{text}"
+        );
+        v1.protocol = "/firma-sign/transfer/2.0.0".into();
+        assert_eq!(describe_state(&v1), "delivered");
     }
 
     #[test]

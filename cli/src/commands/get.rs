@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use firma_ipc::IpcError;
-use firma_ipc::transfer::{DocumentInfo, MAX_IPC_CHUNK, TransferInfo};
+use firma_ipc::transfer::{DocumentInfo, MAX_IPC_CHUNK, TransferDirection, TransferInfo, TransferState};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -70,6 +70,13 @@ pub async fn run(session: Session, out: Output, args: GetArgs) -> Result<(), Cli
         })
         .await?;
     let doc = pick_document(&info, &args.document)?.clone();
+    if info.direction == TransferDirection::Incoming && info.state == TransferState::Pending {
+        // Held for the operator's decision (inbox policy `ask`): nothing is released before it.
+        return Err(CliError::Daemon(IpcError::unavailable(format!(
+            "transfer {id} waits for acceptance before its documents can be downloaded: firmactl accept {id} (or firmactl reject {id})",
+            id = info.id
+        ))));
+    }
     if !doc.complete {
         return Err(CliError::Daemon(IpcError::unavailable(format!(
             "document {} of transfer {} is not complete yet ({}); wait for it: firmactl transfer {}",

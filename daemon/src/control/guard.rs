@@ -22,8 +22,9 @@ pub struct Guarded {
     pub conn: Arc<ConnInfo>,
 }
 
-/// The typed "denied" answer for a request, so clients see `ErrorCode::Denied`.
-fn denied(req: &ControlRequest, e: IpcError) -> ControlResponse {
+/// The typed error answer to a request (a denial, or a refused connection's reason), so that
+/// clients see an `IpcError` with its code instead of a broken call.
+pub fn error_response(req: &ControlRequest, e: IpcError) -> ControlResponse {
     use ControlRequest as Q;
     use ControlResponse as R;
     match req {
@@ -115,6 +116,7 @@ impl Serve for Guarded {
 
     async fn serve(self, ctx: Context, req: ControlRequest) -> Result<ControlResponse, ServerError> {
         Counters::inc(&self.core.counters.rpc_calls);
+        let _busy = self.conn.activity.begin();
         let need = required_role(&req);
         let have = self.conn.granted();
         let method = method_name(&req);
@@ -125,7 +127,7 @@ impl Serve for Guarded {
             let e = IpcError::denied(format!(
                 "`{method}` needs the operator role; this connection has the {have:?} role"
             ));
-            return Ok(denied(&req, e));
+            return Ok(error_response(&req, e));
         }
         let audited = is_audited(&req).then(|| audit_detail(&req));
         let resp = self.inner.clone().serve(ctx, req).await?;

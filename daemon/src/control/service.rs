@@ -16,6 +16,7 @@ use firma_ipc::{API_VERSION, Control, IpcError};
 use tarpc::context::Context;
 
 use super::auth::Caller;
+use super::limits::Activity;
 use crate::core::Core;
 use crate::store::StoreOp;
 
@@ -32,6 +33,8 @@ pub struct ConnInfo {
     pub allowed: Role,
     /// What `hello` narrowed it to; only ever narrows.
     granted: AtomicU8,
+    /// For the connection's deadlines (`hello`, idleness).
+    pub activity: Activity,
 }
 
 fn role_to_u8(r: Role) -> u8 {
@@ -47,6 +50,7 @@ impl ConnInfo {
             caller,
             allowed,
             granted: AtomicU8::new(role_to_u8(allowed)),
+            activity: Activity::new(),
         }
     }
     pub fn granted(&self) -> Role {
@@ -77,6 +81,24 @@ fn check_peer_id(peer_id: &str) -> Result<(), IpcError> {
     Ok(())
 }
 
+/// A dial target as (address without `/p2p/<id>`, peer id): `/ip4/…/tcp/1/p2p/ID`,
+/// `/ip4/…/tcp/1`, `/p2p/ID` or a bare `ID`. Textual: the network parses it properly later.
+fn split_target(target: &str) -> (Option<&str>, Option<&str>) {
+    if !target.starts_with('/') {
+        return (None, (!target.is_empty()).then_some(target));
+    }
+    let target = target.trim_end_matches('/');
+    match target.rsplit_once("/p2p/") {
+        Some((addr, id)) if !id.contains('/') => ((!addr.is_empty()).then_some(addr), Some(id)),
+        _ => ((!target.is_empty()).then_some(target), None),
+    }
+}
+
+/// A stored address without a trailing `/p2p/<id>`, for comparing with a target's address.
+fn strip_p2p(addr: &str) -> &str {
+    split_target(addr).0.unwrap_or(addr)
+}
+
 impl ControlService {
     async fn peer_info(&self, peer_id: String) -> Result<PeerInfo, IpcError> {
         let connected = self.core.live().connected.contains_key(&peer_id);
@@ -86,6 +108,48 @@ impl ControlService {
             .await?
             .map(|rec| rec.to_info(connected))
             .ok_or_else(|| IpcError::not_found(format!("peer {peer_id} is not known to this daemon")))
+    }
+
+    /// The web role dials only what this daemon already knows: a known peer by its id, or a
+    /// known address (with or without the peer's `/p2p/` id). Dialling anything else, which
+    /// would let the web tier probe arbitrary hosts, is an operator's decision.
+    async fn check_known_target(&self, target: &str) -> Result<(), IpcError> {
+        let target = target.trim();
+        let (addr, peer) = split_target(target);
+        let refuse = |what: String| {
+            IpcError::denied(format!(
+                "the web role may connect only to peers and addresses this daemon already knows, and {what}; \
+                 an operator can dial it: firmactl connect {target}"
+            ))
+        };
+        let known = |rec: &crate::store::PeerRecord, addr: &str| rec.addrs.iter().any(|a| strip_p2p(&a.addr) == addr);
+        match (addr, peer) {
+            (addr, Some(peer_id)) => {
+                check_peer_id(peer_id)?;
+                let id = peer_id.to_owned();
+                let rec = self
+                    .core
+                    .read(move |s| s.get_peer(&id))
+                    .await?
+                    .ok_or_else(|| refuse(format!("peer {peer_id} is not known")))?;
+                match addr {
+                    Some(addr) if !known(&rec, addr) => {
+                        Err(refuse(format!("{addr} is not a known address of peer {peer_id}")))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            (Some(addr), None) => {
+                let records = self.core.read(|s| s.list_peers()).await?;
+                if records.iter().any(|r| known(r, addr)) {
+                    Ok(())
+                } else {
+                    Err(refuse(format!("{addr} is not a known address of any peer")))
+                }
+            }
+            // Empty: the network's own parser says what is wrong with it.
+            (None, None) => Ok(()),
+        }
     }
 
     async fn discovery_state(&self) -> DiscoveryState {
@@ -108,6 +172,7 @@ impl Control for ControlService {
         want_role: Role,
     ) -> Result<Hello, IpcError> {
         let role = self.conn.narrow(want_role);
+        self.conn.activity.hello();
         tracing::debug!(client = %client_name.chars().take(64).collect::<String>(), client_api_version, ?role, uid = self.conn.caller.uid, "control client said hello");
         Ok(Hello {
             api_version: API_VERSION,
@@ -178,6 +243,9 @@ impl Control for ControlService {
     async fn connect(self, _: Context, target: String) -> Result<ConnectOutcome, IpcError> {
         if target.len() > 1024 {
             return Err(IpcError::invalid("target is longer than 1024 bytes"));
+        }
+        if self.conn.granted() == Role::Web {
+            self.check_known_target(&target).await?;
         }
         self.core.net.dial(target).await
     }
@@ -456,5 +524,32 @@ impl Control for ControlService {
             .download(transfer_id, document_id, offset, max_len)
             .await?;
         Ok(serde_bytes::ByteBuf::from(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dial_targets_split_into_address_and_peer() {
+        let id = "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo";
+        let full = format!("/ip4/127.0.0.1/tcp/9092/p2p/{id}");
+        assert_eq!(split_target(&full), (Some("/ip4/127.0.0.1/tcp/9092"), Some(id)));
+        assert_eq!(
+            split_target(&format!("{full}/")),
+            (Some("/ip4/127.0.0.1/tcp/9092"), Some(id))
+        );
+        assert_eq!(
+            split_target("/ip4/127.0.0.1/tcp/9092"),
+            (Some("/ip4/127.0.0.1/tcp/9092"), None)
+        );
+        assert_eq!(split_target(&format!("/p2p/{id}")), (None, Some(id)));
+        assert_eq!(split_target(id), (None, Some(id)));
+        assert_eq!(split_target(""), (None, None));
+        // A relayed address keeps its inner /p2p/ in the address part.
+        let relayed = format!("/ip4/1.2.3.4/tcp/1/p2p/{id}/p2p-circuit");
+        assert_eq!(split_target(&relayed), (Some(relayed.as_str()), None));
+        assert_eq!(strip_p2p(&full), "/ip4/127.0.0.1/tcp/9092");
     }
 }

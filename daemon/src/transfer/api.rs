@@ -428,6 +428,12 @@ impl Engine {
             .ok_or_else(|| IpcError::not_found(format!("transfer {transfer_id} has no document {document_id}")))?;
         let path = match rec.direction {
             TransferDir::Incoming => {
+                if rec.phase == TransferPhase::Pending {
+                    return Err(IpcError::unavailable(format!(
+                        "transfer {transfer_id} waits for acceptance before its documents can be downloaded: \
+                         firmactl accept {transfer_id} (or firmactl reject {transfer_id})"
+                    )));
+                }
                 if !rec.docs_complete.get(index).copied().unwrap_or(false)
                     || super::phase_state(rec.phase) != TransferState::Received
                 {

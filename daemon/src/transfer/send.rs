@@ -27,6 +27,8 @@ use crate::store::{ReceiptRecord, TransferPhase, TransferRecord};
 const OPEN_DEADLINE: Duration = Duration::from_secs(20);
 /// The recipient may hold our offer while its operator decides (inbox policy `ask`).
 const ANSWER_DEADLINE: Duration = super::receive::ASK_HOLD.saturating_add(Duration::from_secs(30));
+/// A pending transfer's detail while the recipient has the offer and has not answered.
+pub(crate) const OFFERED: &str = "offered; waiting for the recipient to accept it";
 /// No ack for this long on a data stream: the link is dead even if TCP has not noticed.
 const ACK_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -115,6 +117,16 @@ async fn deliver(
     if let Err(e) = wire::send_msg(&mut ctl, Kind::Manifest, &offer).await {
         return frame_outcome("sending the manifest", e);
     }
+    // The recipient may hold the offer for its operator (inbox `ask`): say so meanwhile, rather
+    // than let the transfer read as if the recipient were unreachable.
+    let _ = engine
+        .update(&rec.id, |r| {
+            if r.phase == TransferPhase::Pending {
+                r.error = Some(OFFERED.to_owned());
+            }
+            Ok(())
+        })
+        .await;
     let kind =
         match tokio::time::timeout(ANSWER_DEADLINE, wire::read_frame(&mut ctl, &mut buf, MAX_CONTROL_FRAME)).await {
             Err(_) => return Outcome::Retry("the recipient did not answer the offer".into()),
