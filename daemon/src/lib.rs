@@ -118,7 +118,7 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
             tracing::info!(socket = %config.socket.display(), "using the control socket passed by the service manager");
             control::socket::adopt(&config.socket, l)?
         }
-        None => control::socket::bind(&config.socket)?,
+        None => control::socket::bind(&config.socket, drop_to.as_ref().map(|t| t.uid))?,
     };
 
     let (seeds, banned) = {
@@ -145,9 +145,7 @@ pub async fn run(config: Config, mut ctl: RunControl) -> anyhow::Result<()> {
     // Everything that needs root is open: hand our files over and drop privileges for good.
     if let Some(t) = &drop_to {
         privileges::hand_over_tree(t, &config.state_dir)?;
-        if let Some(dir) = config.socket.parent() {
-            privileges::hand_over(t, &[dir, &config.socket, &socket.lock.path])?;
-        }
+        socket.hand_over(t.uid, t.gid)?;
     }
     let daemon_uid = drop_to
         .as_ref()

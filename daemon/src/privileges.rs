@@ -14,7 +14,7 @@ use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::Mode;
-use nix::unistd::{Gid, Uid, User, chown, fchown, fchownat, getegid, geteuid, setgid, setgroups, setuid};
+use nix::unistd::{Gid, Uid, User, fchown, fchownat, getegid, geteuid, setgid, setgroups, setuid};
 
 /// What `drop_root` did, for the startup log.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,15 +46,6 @@ pub fn plan(user: &str, allow_root: bool) -> anyhow::Result<Option<Target>> {
         uid: u.uid,
         gid: u.gid,
     }))
-}
-
-/// Gives the daemon's own files to the target account so it can keep using them after the drop.
-pub fn hand_over(target: &Target, paths: &[&Path]) -> anyhow::Result<()> {
-    for p in paths {
-        chown(*p, Some(target.uid), Some(target.gid))
-            .with_context(|| format!("giving {} to user {}", p.display(), target.name))?;
-    }
-    Ok(())
 }
 
 /// How deep `hand_over_tree` descends; the state dir is a few levels deep, never this.

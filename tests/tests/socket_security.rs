@@ -217,3 +217,93 @@ async fn second_daemon_on_same_socket_and_state_fails_clearly() -> anyhow::Resul
     ensure!(first.status().await.is_ok(), "first daemon no longer answers");
     Ok(())
 }
+
+/// Another local user creates the default user-mode socket directory first, open to all, with
+/// the lock file a symlink to a file of the victim's: the daemon refuses the directory and the
+/// victim's file is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_socket_dir_and_lock_symlink_are_refused() -> anyhow::Result<()> {
+    use firma_tests::accounts::{self, ATTACKER, SERVICE};
+    let victim = accounts::ensure(SERVICE).await?;
+    let evil = accounts::ensure(ATTACKER).await?;
+    let home = tempfile::tempdir()?;
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755))?;
+    victim.make_dir(&home.path().join("state"), 0o700)?;
+    let precious = home.path().join("state/precious");
+    std::fs::write(&precious, b"the victim's data")?;
+    nix::unistd::chown(&precious, Some(victim.uid.into()), Some(victim.gid.into()))?;
+
+    let planted = std::path::PathBuf::from(format!("/tmp/firma-{}", victim.uid));
+    let _ = std::fs::remove_dir_all(&planted);
+    // The attacker's doing, as the attacker.
+    let status = std::process::Command::new("/usr/bin/setpriv")
+        .args([
+            format!("--reuid={}", evil.uid),
+            format!("--regid={}", evil.gid),
+            "--clear-groups".into(),
+        ])
+        .args([
+            "sh",
+            "-c",
+            "mkdir -m 1777 \"$0\" && chmod 1777 \"$0\" && ln -s \"$1\" \"$0/transportd.sock.lock\"",
+        ])
+        .arg(&planted)
+        .arg(&precious)
+        .status()?;
+    ensure!(status.success(), "the attacker could not plant {}", planted.display());
+
+    let opts = DaemonOpts {
+        allow_root: false,
+        wrapper: victim.wrapper(),
+        state_dir: Some(home.path().join("state")),
+        socket: Some(planted.join("transportd.sock")),
+        ..DaemonOpts::named("planted")
+    };
+    let mut d = Daemon::launch(opts)?;
+    let st = d.wait_exit(Duration::from_secs(20)).await;
+    let _ = std::fs::remove_dir_all(&planted);
+    let st = st?;
+    let log = d.log();
+    ensure!(
+        !st.success(),
+        "the daemon used a socket dir another user planted:\n{log}"
+    );
+    ensure!(
+        log.contains(&planted.display().to_string()),
+        "the error does not name the directory:\n{log}"
+    );
+    ensure!(
+        std::fs::read(&precious)? == b"the victim's data",
+        "the victim's file was written through the planted lock symlink"
+    );
+    Ok(())
+}
+
+/// Started as root with `--socket` in /tmp, the daemon must not hand /tmp to its account (nor
+/// use a directory anyone may write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_in_tmp_as_root_never_chowns_tmp() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let acct = firma_tests::accounts::ensure(firma_tests::accounts::SERVICE).await?;
+    let sock = std::path::PathBuf::from(format!("/tmp/firma-e2e-{}.sock", std::process::id()));
+    let opts = DaemonOpts {
+        allow_root: false,
+        user: Some(acct.name.clone()),
+        world_traversable: true,
+        socket: Some(sock.clone()),
+        ..DaemonOpts::named("tmpsock")
+    };
+    let mut d = Daemon::launch(opts)?;
+    let st = d.wait_exit(Duration::from_secs(20)).await;
+    let tmp = std::fs::metadata("/tmp")?;
+    if tmp.uid() != 0 {
+        // Put it back before failing: the whole machine depends on it.
+        nix::unistd::chown("/tmp", Some(0.into()), Some(0.into()))?;
+        anyhow::bail!("the daemon handed /tmp to uid {}", tmp.uid());
+    }
+    let st = st?;
+    ensure!(!st.success(), "the daemon served a socket in world-writable /tmp");
+    ensure!(d.log().contains("writable by others"), "no reason given:\n{}", d.log());
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}

@@ -1,11 +1,12 @@
-//! Creating the control socket safely: directory 0750, a lock file against a second instance,
+//! Creating the control socket safely: a directory of our own (0750, never writable by others),
+//! a lock file against a second instance (never opened through a symlink),
 //! a live-socket probe before a stale socket is unlinked, and a socket created 0660 from the
 //! start (interprocess `fchmod`s it before `bind`, so no window with looser permissions exists).
 //! Never an abstract socket: those have no permissions at all.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,8 @@ use anyhow::{Context, bail};
 use interprocess::local_socket::tokio::Listener;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{AT_FDCWD, AtFlags, Flock, FlockArg};
+use nix::unistd::{Gid, Uid, fchown, fchownat, geteuid};
 
 /// Holds the instance lock for as long as the daemon runs; dropping it releases the lock.
 pub struct InstanceLock {
@@ -26,6 +28,26 @@ pub struct ControlSocket {
     pub listener: Listener,
     pub path: PathBuf,
     pub lock: InstanceLock,
+    /// The socket directory was created by this start (so it is ours to hand over).
+    pub created_dir: bool,
+}
+
+impl ControlSocket {
+    /// Gives what this daemon created to the account it drops to: the socket, the lock (through
+    /// its descriptor) and the socket directory only if this start created it. A directory that
+    /// existed is never chowned (it may be /tmp, or a service manager's).
+    pub fn hand_over(&self, uid: Uid, gid: Gid) -> anyhow::Result<()> {
+        fchown(&*self.lock._lock, Some(uid), Some(gid))
+            .with_context(|| format!("giving lock file {} to uid {uid}", self.lock.path.display()))?;
+        fchownat(AT_FDCWD, &self.path, Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .with_context(|| format!("giving control socket {} to uid {uid}", self.path.display()))?;
+        if self.created_dir {
+            let dir = socket_dir(&self.path);
+            fchownat(AT_FDCWD, dir, Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .with_context(|| format!("giving socket directory {} to uid {uid}", dir.display()))?;
+        }
+        Ok(())
+    }
 }
 
 fn lock_path(socket: &Path) -> PathBuf {
@@ -34,9 +56,11 @@ fn lock_path(socket: &Path) -> PathBuf {
     socket.with_file_name(name)
 }
 
-/// Creates the socket directory (0750) if needed. An existing directory is left as its owner
-/// made it (systemd's RuntimeDirectory, or an operator), but one that anyone may write is refused.
-pub fn ensure_socket_dir(dir: &Path) -> anyhow::Result<()> {
+/// Creates the socket directory (0750) if needed; true when this call created it. An existing
+/// directory is left as its owner made it (systemd's RuntimeDirectory, or an operator), but it
+/// must be owned by us, root, or `account` (the one we drop to), and nobody else may write it:
+/// otherwise another local user could have made it, to swap the socket or plant a lock symlink.
+pub fn ensure_socket_dir(dir: &Path, account: Option<Uid>) -> anyhow::Result<bool> {
     match fs::metadata(dir) {
         Ok(meta) => {
             if !meta.is_dir() {
@@ -46,34 +70,68 @@ pub fn ensure_socket_dir(dir: &Path) -> anyhow::Result<()> {
                 );
             }
             let mode = meta.permissions().mode() & 0o7777;
-            if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            let owner = meta.uid();
+            let ours = [Some(geteuid()), Some(Uid::from_raw(0)), account]
+                .iter()
+                .flatten()
+                .any(|u| u.as_raw() == owner);
+            if !ours {
                 bail!(
-                    "socket directory {} is world-writable (mode {mode:o}); anyone could replace the socket. Fix: chmod 750 {}",
+                    "socket directory {} belongs to uid {owner}, not to this daemon's account or root; another user may have created it to take over the socket. Remove it if you do not trust it, or choose another --socket",
+                    dir.display()
+                );
+            }
+            if mode & 0o002 != 0 {
+                bail!(
+                    "socket directory {} is writable by others (mode {mode:04o}); anyone could replace the socket or plant a lock file. Use a directory of your own (e.g. --socket /run/firma/transportd.sock) or fix it: chmod 750 {}",
                     dir.display(),
                     dir.display()
                 );
             }
-            Ok(())
+            Ok(false)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(dir)
-            .with_context(|| format!("creating socket directory {}", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .with_context(|| format!("creating socket directory {}", dir.display()))?;
+            // The umask may have taken bits away; never more than 0750.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o750))
+                .with_context(|| format!("setting mode 0750 on socket directory {}", dir.display()))?;
+            Ok(true)
+        }
         Err(e) => Err(e).with_context(|| format!("checking socket directory {}", dir.display())),
     }
 }
 
 fn take_lock(socket: &Path) -> anyhow::Result<InstanceLock> {
     let path = lock_path(socket);
-    let file = OpenOptions::new()
+    // Never through a symlink; new files are created exclusively.
+    let new = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("opening lock file {}", path.display()))?;
+        .open(&path);
+    let file = match new {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path),
+        other => other,
+    }
+    .with_context(|| {
+        format!(
+            "opening lock file {} (a symlink there is refused; remove it if you did not put it there)",
+            path.display()
+        )
+    })?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        bail!("lock file {} is not a regular file; remove it", path.display());
+    }
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((mut file, _errno)) => {
@@ -134,6 +192,7 @@ pub fn adopt(path: &Path, inherited: std::os::unix::net::UnixListener) -> anyhow
         listener,
         path: path.to_owned(),
         lock,
+        created_dir: false,
     })
 }
 
@@ -144,10 +203,11 @@ pub fn socket_dir(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
-/// Binds the control socket at `path`, or explains exactly why it cannot.
-pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
+/// Binds the control socket at `path`, or explains exactly why it cannot. `account`: the uid
+/// the daemon will drop to, which may own the socket directory.
+pub fn bind(path: &Path, account: Option<Uid>) -> anyhow::Result<ControlSocket> {
     let dir = socket_dir(path);
-    ensure_socket_dir(dir)?;
+    let created_dir = ensure_socket_dir(dir, account)?;
     let lock = take_lock(path)?;
     if let Ok(meta) = fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
@@ -185,6 +245,7 @@ pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
         listener,
         path: path.to_owned(),
         lock,
+        created_dir,
     })
 }
 
@@ -196,12 +257,12 @@ mod tests {
     async fn socket_is_0660_and_second_bind_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("run/firma/t.sock");
-        let first = bind(&sock).unwrap();
+        let first = bind(&sock, None).unwrap();
         let mode = fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
         let dmode = fs::metadata(sock.parent().unwrap()).unwrap().permissions().mode() & 0o777;
         assert_eq!(dmode, 0o750);
-        let err = bind(&sock).err().unwrap().to_string();
+        let err = bind(&sock, None).err().unwrap().to_string();
         assert!(err.contains("already uses"), "{err}");
         drop(first);
     }
@@ -213,7 +274,7 @@ mod tests {
         // A socket file nobody listens on, as a SIGKILLed daemon leaves behind.
         drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
         assert!(sock.exists());
-        let bound = bind(&sock).unwrap();
+        let bound = bind(&sock, None).unwrap();
         assert!(sock.exists());
         drop(bound);
     }
