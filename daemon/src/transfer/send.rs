@@ -28,7 +28,7 @@ const OPEN_DEADLINE: Duration = Duration::from_secs(20);
 /// The recipient may hold our offer while its operator decides (inbox policy `ask`).
 const ANSWER_DEADLINE: Duration = super::receive::ASK_HOLD.saturating_add(Duration::from_secs(30));
 /// A pending transfer's detail while the recipient has the offer and has not answered.
-pub(crate) const OFFERED: &str = "offered; waiting for the recipient to accept it";
+const OFFERED: &str = "offered; waiting for the recipient to accept it";
 /// No ack for this long on a data stream: the link is dead even if TCP has not noticed.
 const ACK_DEADLINE: Duration = Duration::from_secs(60);
 
