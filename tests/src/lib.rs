@@ -8,6 +8,7 @@
 //! - [`js`]: the js-libp2p interop node (tests/js).
 //! - [`netns`]: a pair of network namespaces joined by a veth, for mDNS.
 //! - [`accounts`]: local accounts to run daemons as and to attack them from.
+//! - [`skip`]: the one way a test skips itself (a failure under CI).
 
 pub mod accounts;
 pub mod bins;
@@ -17,6 +18,7 @@ pub mod js;
 pub mod machine;
 pub mod netns;
 pub mod ops;
+pub mod skip;
 pub mod transfer;
 pub mod wait;
 pub mod web;

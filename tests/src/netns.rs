@@ -47,11 +47,12 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 }
 
 impl NetnsPair {
-    /// Create the pair, or `Ok(None)` with the reason printed when this machine cannot
-    /// (not root, no `ip`, no namespace support): the caller then skips its test.
+    /// Create the pair, or `Ok(None)` when this machine cannot (not root, no `ip`, no namespace
+    /// support): the caller then returns from its test. The reason goes through
+    /// [`crate::skip::skip`], so under CI it is an error instead.
     pub fn create() -> anyhow::Result<Option<NetnsPair>> {
         if !nix::unistd::geteuid().is_root() {
-            println!("SKIP: network namespaces need root");
+            crate::skip::skip("network namespaces need root")?;
             return Ok(None);
         }
         // pid + counter: unique across concurrently running test processes; veth names stay <= 15 chars.
@@ -68,7 +69,7 @@ impl NetnsPair {
             addr: "10.250.0.2".into(),
         };
         if let Err(e) = ip(&["netns", "add", &a.ns]) {
-            println!("SKIP: cannot create a network namespace here: {e:#}");
+            crate::skip::skip(format_args!("cannot create a network namespace here: {e:#}"))?;
             return Ok(None);
         }
         // From here on the guard exists, so any failure below still removes what was made.

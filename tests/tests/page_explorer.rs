@@ -56,7 +56,7 @@ impl Browser {
     async fn launch() -> anyhow::Result<Browser> {
         ensure!(
             std::path::Path::new(CHROMIUM).is_file(),
-            "{CHROMIUM} is missing: install Debian's `chromium` package (.ci/run does)"
+            "{CHROMIUM} is missing: install Debian's `chromium` package (scripts/test.sh does)"
         );
         let dir = js_dir();
         ensure!(
