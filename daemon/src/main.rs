@@ -17,6 +17,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let env_warnings = flags::env_warnings(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()));
+    if flags.print_config {
+        for w in &env_warnings {
+            eprintln!("firma-transportd: warning: {w}");
+        }
+        return match toml::to_string(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("firma-transportd: cannot print the configuration: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let log = match logging::init(&config.log) {
         Ok(h) => h,
         Err(e) => {
@@ -24,6 +40,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for w in env_warnings {
+        tracing::warn!("{w}");
+    }
     // Before the runtime starts: this reads and clears LISTEN_FDS/LISTEN_PID.
     let inherited_socket = match firma_daemon::control::socket::take_inherited() {
         Ok(s) => s,

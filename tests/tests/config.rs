@@ -1,13 +1,139 @@
-//! Configuration at the edges: a wrong key stops the daemon with a message naming the key, and
-//! SIGHUP reloads the file without touching live connections (a bad reload is refused, not fatal).
+//! Configuration at the edges: every section is reachable from the file and from `FIRMA_*`, a
+//! variable that looks like a setting but sets nothing is named, a wrong key stops the daemon
+//! with a message naming the key, and SIGHUP reloads the file without touching live connections
+//! (a bad reload is refused, not fatal).
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use firma_ipc::client::ctx;
 use firma_ipc::event::Event;
-use firma_tests::harness::{CONNECT_TIMEOUT, flatten};
+use firma_tests::harness::{CONNECT_TIMEOUT, clear_firma_env, flatten};
 use firma_tests::{Daemon, DaemonOpts, wait_for};
+
+/// What `firma-transportd --print-config` says the sources add up to, parsed, and its stderr.
+fn print_config(config: &Path, env: &[(String, String)]) -> anyhow::Result<(toml::Table, String)> {
+    let mut cmd = Command::new(firma_tests::bins::daemon()?);
+    clear_firma_env(&mut cmd);
+    cmd.arg("--config").arg(config).arg("--print-config");
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let out = cmd.output().context("running firma-transportd --print-config")?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(out.status.success(), "--print-config failed ({}): {stderr}", out.status);
+    let text = String::from_utf8(out.stdout)?;
+    Ok((
+        text.parse()
+            .with_context(|| format!("--print-config printed no TOML:\n{text}"))?,
+        stderr,
+    ))
+}
+
+fn lookup<'a>(table: &'a toml::Table, path: &str) -> Option<&'a toml::Value> {
+    let mut parts = path.split('.');
+    let mut v = table.get(parts.next()?)?;
+    for p in parts {
+        v = v.get(p)?;
+    }
+    Some(v)
+}
+
+/// A non-default, valid value for one setting of each section: (key, TOML literal, FIRMA_* value).
+fn probe(section: &str) -> Option<(&'static str, &'static str, &'static str)> {
+    Some(match section {
+        "state_dir" => ("state_dir", "\"/tmp/probe-state\"", "/tmp/probe-state"),
+        "socket" => ("socket", "\"/tmp/probe.sock\"", "/tmp/probe.sock"),
+        "user" => ("user", "\"probe-user\"", "probe-user"),
+        "allow_root" => ("allow_root", "true", "true"),
+        "dev" => ("dev", "true", "true"),
+        "log" => ("log.level", "\"debug\"", "debug"),
+        "network" => ("network.ping_interval", "\"7s\"", "7s"),
+        "store" => ("store.audit_retention", "77", "77"),
+        "control" => ("control.max_in_flight", "9", "9"),
+        "events" => ("events.retained", "99", "99"),
+        "transfer" => ("transfer.unknown_peers", "\"accept\"", "accept"),
+        _ => return None,
+    })
+}
+
+#[test]
+fn every_config_section_is_reachable_from_a_file_and_from_the_environment() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let none = Path::new("/dev/null");
+    let (defaults, _) = print_config(none, &[])?;
+    // The sections are the binary's own: a section added later fails here until it has a probe.
+    let sections: Vec<&String> = defaults.keys().collect();
+    ensure!(sections.iter().any(|s| *s == "transfer"), "sections {sections:?}");
+    for section in sections {
+        let (key, literal, env_value) =
+            probe(section).with_context(|| format!("config section `{section}` has no probe in this test: add one"))?;
+        let default = lookup(&defaults, key).with_context(|| format!("`{key}` not in the defaults"))?;
+        let want: toml::Table = match key.split_once('.') {
+            Some((table, leaf)) => format!("[{table}]\n{leaf} = {literal}\n"),
+            None => format!("{key} = {literal}\n"),
+        }
+        .parse()?;
+        let want = lookup(&want, key).context("probe")?.clone();
+        ensure!(&want != default, "the probe of `{key}` is its default");
+
+        let file = dir.path().join(format!("{section}.toml"));
+        match key.split_once('.') {
+            Some((table, leaf)) => std::fs::write(&file, format!("[{table}]\n{leaf} = {literal}\n"))?,
+            None => std::fs::write(&file, format!("{key} = {literal}\n"))?,
+        }
+        let (from_file, _) = print_config(&file, &[])?;
+        ensure!(
+            lookup(&from_file, key) == Some(&want),
+            "`{key}` from the file: {:?}",
+            lookup(&from_file, key)
+        );
+
+        let var = format!("FIRMA_{}", key.replace('.', "__").to_ascii_uppercase());
+        let (from_env, _) = print_config(none, &[(var.clone(), env_value.to_owned())])?;
+        ensure!(
+            lookup(&from_env, key) == Some(&want),
+            "{var}={env_value} did not reach `{key}`: {:?}",
+            lookup(&from_env, key)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_variable_that_looks_like_a_setting_but_is_none_is_named() -> anyhow::Result<()> {
+    let env = [
+        ("FIRMA_TRANSFER_UNKNOWN_PEERS".to_owned(), "accept".to_owned()),
+        ("FIRMA_NETWRK__MDNS".to_owned(), "false".to_owned()),
+    ];
+    let (config, stderr) = print_config(Path::new("/dev/null"), &env)?;
+    ensure!(
+        stderr.contains("FIRMA_TRANSFER_UNKNOWN_PEERS")
+            && stderr.contains("did you mean FIRMA_TRANSFER__UNKNOWN_PEERS"),
+        "no warning naming the single-underscore variable:\n{stderr}"
+    );
+    ensure!(
+        stderr.contains("FIRMA_NETWRK__MDNS") && stderr.contains("FIRMA_NETWORK__MDNS"),
+        "no warning naming the misspelt section:\n{stderr}"
+    );
+    ensure!(lookup(&config, "transfer.unknown_peers").is_some_and(|v| v.as_str() == Some("ask")));
+    // The running daemon logs the same warning.
+    let opts = DaemonOpts {
+        env: env.to_vec(),
+        ..DaemonOpts::named("envwarn")
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let d = Daemon::spawn(opts).await?;
+        ensure!(
+            d.log()
+                .contains("FIRMA_TRANSFER_UNKNOWN_PEERS is not a firma-transportd setting"),
+            "the daemon did not log the warning:\n{}",
+            d.log_tail()
+        );
+        Ok(())
+    })
+}
 
 /// Start with `toml` as the config file; require a non-zero exit whose output names `key`.
 async fn refused(name: &str, toml: &str, key: &str) -> anyhow::Result<()> {
