@@ -372,7 +372,7 @@ impl Control for ControlService {
         };
         use MetricKind::{Counter, Gauge};
         Ok(Metrics {
-            metrics: vec![
+            metrics: [
                 m(
                     "firma_connections_opened_total",
                     "P2P connections opened",
@@ -447,18 +447,23 @@ impl Control for ControlService {
                     store.used_bytes as f64,
                 ),
                 m(
-                    "firma_disk_free_bytes",
-                    "Bytes free on the file system holding the store",
-                    Gauge,
-                    store.disk_free_bytes.unwrap_or(0) as f64,
-                ),
-                m(
                     "firma_store_map_bytes",
                     "Size of the LMDB map",
                     Gauge,
                     store.map_size_bytes as f64,
                 ),
-            ],
+            ]
+            .into_iter()
+            // Absent, not 0, when the file system cannot be read: 0 would read as a full disk.
+            .chain(store.disk_free_bytes.map(|free| {
+                m(
+                    "firma_disk_free_bytes",
+                    "Bytes free on the file system holding the store",
+                    Gauge,
+                    free as f64,
+                )
+            }))
+            .collect(),
         })
     }
 

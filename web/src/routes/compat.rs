@@ -70,8 +70,13 @@ pub async fn info(State(state): State<AppState>) -> Json<Value> {
         .unwrap_or(0);
     let storage = match &status {
         Ok(s) => {
-            json!({"health": s.store.health, "usedBytes": s.store.used_bytes, "mapSizeBytes": s.store.map_size_bytes,
-                   "diskFreeBytes": s.store.disk_free_bytes})
+            let mut storage = json!({"health": s.store.health, "usedBytes": s.store.used_bytes,
+                                     "mapSizeBytes": s.store.map_size_bytes});
+            // Left out when the daemon could not read its disk (null or 0 would read as full).
+            if let Some(free) = s.store.disk_free_bytes {
+                storage["diskFreeBytes"] = free.into();
+            }
+            storage
         }
         Err(_) => json!({}),
     };
