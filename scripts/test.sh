@@ -32,6 +32,8 @@ system_needs=(
 	"pgrep procps scripts/dev.sh and its suite"
 	"mount mount the full-disk suite's tmpfs"
 	"git git the dev.sh suite's copy of the checkout"
+	"useradd passwd the privilege-drop suites' test accounts"
+	"setpriv util-linux the harness (--pdeathsig, dropping to a test account)"
 )
 missing=()
 for need in "${system_needs[@]}"; do
