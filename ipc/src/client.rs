@@ -37,6 +37,10 @@ pub enum ConnectError {
     Closed { path: PathBuf, detail: String },
     #[error("could not talk to the daemon at {path}: {reason}")]
     Io { path: PathBuf, reason: String },
+    #[error(
+        "{path} is served by uid {uid}, which is not root, you, nor the account that owns the socket's directory; another local user may be impersonating firma-transportd, so nothing was sent.\n  Check who listens (ss -xlp | grep {path}) and the directory (ls -ld {dir})"
+    )]
+    ForeignServer { path: PathBuf, uid: u32, dir: PathBuf },
 }
 
 impl ConnectError {
@@ -86,6 +90,7 @@ pub async fn connect(path: &Path, client_name: &str, want_role: Role) -> Result<
             });
         }
     };
+    check_server(path, &stream)?;
     let transport = crate::codec::transport(stream);
     let client = ControlClient::new(tarpc::client::Config::default(), transport).spawn();
     let hello = match client
@@ -190,4 +195,38 @@ pub async fn connect_with_retry(
             }
         }
     }
+}
+
+/// Refuses a server that nobody we trust put there (SO_PEERCRED of the listening process): root,
+/// this user, or an account root set up, i.e. the owner of the socket or its directory when
+/// the directory above that is root's or ours and writable by nobody else. A socket directory
+/// another user made in /tmp fails that test, whatever that user serves in it.
+fn check_server(path: &Path, stream: &Stream) -> Result<(), ConnectError> {
+    use interprocess::local_socket::traits::StreamCommon as _;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(uid) = stream.peer_creds().ok().and_then(|c| c.euid()) else {
+        return Ok(());
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if uid == 0 || uid == me {
+        return Ok(());
+    }
+    let guarded = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| (m.uid() == 0 || m.uid() == me) && m.permissions().mode() & 0o022 == 0)
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let owned_by = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.uid() == uid);
+    let by_dir = owned_by(dir) && dir.parent().is_some_and(guarded);
+    let by_file = owned_by(path) && guarded(dir);
+    if by_dir || by_file {
+        return Ok(());
+    }
+    Err(ConnectError::ForeignServer {
+        path: path.to_owned(),
+        uid,
+        dir: dir.to_owned(),
+    })
 }

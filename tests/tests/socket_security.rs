@@ -307,3 +307,48 @@ async fn socket_in_tmp_as_root_never_chowns_tmp() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&sock);
     Ok(())
 }
+
+/// Another local user serves a socket where a client is pointed: the client (firma-ipc's, used
+/// by firmactl and firma-web) checks who serves it and refuses, saying so, before sending a byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_refuses_a_socket_served_by_another_user() -> anyhow::Result<()> {
+    let evil = firma_tests::accounts::ensure(firma_tests::accounts::ATTACKER).await?;
+    let dir = std::path::PathBuf::from(format!("/tmp/firma-e2e-foreign-{}", std::process::id()));
+    let sock = dir.join("transportd.sock");
+    let _ = std::fs::remove_dir_all(&dir);
+    let serve = "import os,socket,sys,time\nos.mkdir(sys.argv[1],0o755)\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1]+'/transportd.sock')\nos.chmod(sys.argv[1]+'/transportd.sock',0o666)\ns.listen(8)\ntime.sleep(60)\n";
+    let mut server = tokio::process::Command::new("/usr/bin/setpriv")
+        .args([
+            format!("--reuid={}", evil.uid),
+            format!("--regid={}", evil.gid),
+            "--clear-groups".into(),
+        ])
+        .args(["/usr/bin/python3", "-c", serve])
+        .arg(&dir)
+        .kill_on_drop(true)
+        .spawn()?;
+    let res = async {
+        wait_for(Duration::from_secs(10), "the attacker's socket", || async {
+            sock.exists()
+        })
+        .await?;
+        match firma_ipc::client::connect(&sock, "firma-tests", firma_ipc::types::Role::Operator).await {
+            Err(firma_ipc::client::ConnectError::ForeignServer { uid, .. }) => {
+                ensure!(uid == evil.uid, "blamed uid {uid}, not the attacker's {}", evil.uid)
+            }
+            Err(e) => anyhow::bail!("the client did not name the foreign server: {e}"),
+            Ok(_) => anyhow::bail!("the client talked to another user's server"),
+        }
+        let out = firma_tests::cli::run_cli(&["--socket", &sock.to_string_lossy(), "status"]).await?;
+        let text = format!("{}{}", out.stdout, out.stderr);
+        ensure!(
+            text.contains("impersonating"),
+            "firmactl did not say who serves the socket: {text}"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    res
+}

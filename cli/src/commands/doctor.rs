@@ -235,6 +235,9 @@ async fn daemon(path: &Path, timeout: Duration) -> (Vec<Finding>, Option<Status>
                 }
                 ConnectError::VersionMismatch { .. } => "install matching versions of firma-transportd and firmactl".to_owned(),
                 ConnectError::Io { .. } => "check the daemon's logs (journalctl -u firma-transportd)".to_owned(),
+                ConnectError::ForeignServer { .. } => {
+                    "do not use this socket: stop whoever serves it, and start firma-transportd on a directory of its own".to_owned()
+                }
             };
             return (vec![fail("daemon", e.to_string(), fix)], None);
         }
