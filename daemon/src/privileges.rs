@@ -139,18 +139,27 @@ pub fn drop_root(target: Option<Target>) -> anyhow::Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 
     use super::*;
 
-    /// The attack of a compromised service account on a root start: it keeps swapping a
-    /// directory of the state dir with a symlink to a root-owned file while the tree is handed
-    /// over. The file must stay root's. (Needs root, as the daemon's hand-over does.)
+    /// What the compromised service account runs: swap every `dN` directory with its `lN`
+    /// symlink (renameat2 RENAME_EXCHANGE) in a loop until killed.
+    const SWAPPER: &str = "
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+d, n = sys.argv[1].encode(), int(sys.argv[2])
+while True:
+    for i in range(n):
+        libc.renameat2(-100, d + b'/d%d' % i, -100, d + b'/l%d' % i, 2)
+";
+
+    /// The attack of a compromised service account on a root start: a process of that account
+    /// keeps swapping directories of the state dir with symlinks to a root-owned file while the
+    /// tree is handed over again. The file must stay root's. (Needs root, as the hand-over does,
+    /// and Debian's /usr/bin/python3 for the attacker's renameat2.)
     #[test]
     fn swapping_a_directory_for_a_symlink_never_chowns_its_target() {
+        use std::os::unix::fs::PermissionsExt;
         if !geteuid().is_root() {
             eprintln!("skipped: needs root to chown");
             return;
@@ -165,6 +174,7 @@ mod tests {
             gid: nobody.gid,
         };
         let top = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let victim = top.path().join("victim");
         std::fs::write(&victim, b"root's").unwrap();
         let state = top.path().join("state");
@@ -174,26 +184,32 @@ mod tests {
             std::fs::create_dir(state.join(format!("d{i}"))).unwrap();
             std::os::unix::fs::symlink(&victim, state.join(format!("l{i}"))).unwrap();
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let swapper = {
-            let (stop, state) = (stop.clone(), state.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    for i in 0..pairs {
-                        let (d, l) = (state.join(format!("d{i}")), state.join(format!("l{i}")));
-                        let _ = renameat2(AT_FDCWD, &d, AT_FDCWD, &l, RenameFlags::RENAME_EXCHANGE);
-                    }
-                }
-            })
-        };
+        // The first start hands the tree over; from then on the account can swap inside it.
+        hand_over_tree(&target, &state).unwrap();
+        let mut attacker = std::process::Command::new("setpriv")
+            .arg(format!("--reuid={}", target.uid))
+            .arg(format!("--regid={}", target.gid))
+            .args(["--clear-groups", "/usr/bin/python3", "-c", SWAPPER])
+            .arg(&state)
+            .arg(pairs.to_string())
+            .spawn()
+            .unwrap();
+        // Until the attacker is really swapping, so the hand-overs below run under attack.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !(0..pairs).any(|i| std::fs::symlink_metadata(state.join(format!("d{i}"))).is_ok_and(|m| m.is_symlink()))
+        {
+            assert!(attacker.try_wait().unwrap().is_none(), "the attacker's swapper exited");
+            assert!(std::time::Instant::now() < deadline, "the attacker never swapped");
+            std::thread::yield_now();
+        }
         for _ in 0..300 {
             hand_over_tree(&target, &state).unwrap();
             if std::fs::metadata(&victim).unwrap().uid() != 0 {
                 break;
             }
         }
-        stop.store(true, Ordering::Relaxed);
-        swapper.join().unwrap();
+        attacker.kill().unwrap();
+        attacker.wait().unwrap();
         let meta = std::fs::metadata(&victim).unwrap();
         assert_eq!(meta.uid(), 0, "the symlink's target was handed to nobody");
         // The tree itself was handed over.

@@ -127,7 +127,8 @@ async fn transfer_routes_stream_reject_cancel_and_explain() -> anyhow::Result<()
     let r = wa.post("/api/peers/connect", &big_json).await?;
     ensure!(r.status == 413, "a 2 MiB JSON body answered {}", r.status);
 
-    // b asks (unknown peer): pending there; its document cannot be downloaded yet; reject it.
+    // b asks (unknown peer): pending there; its document cannot be downloaded before it is
+    // accepted, and the answer says so; reject it.
     let (incoming, _) = wait_for_value(STATE_TIMEOUT, "the transfer pending at b", || {
         let got = wb.get_json("/api/transfers?filter=incoming");
         async move {
@@ -145,7 +146,7 @@ async fn transfer_routes_stream_reject_cancel_and_explain() -> anyhow::Result<()
         early.status == 503
             && early.json()?["error"]
                 .as_str()
-                .is_some_and(|e| e.contains("not arrived")),
+                .is_some_and(|e| e.contains("waits for acceptance")),
         "download before arrival answered {}: {}",
         early.status,
         early.text()
