@@ -299,3 +299,14 @@ pub fn transfer_opts(name: &str, unknown_peers: &str) -> DaemonOpts {
     o.config = Some(format!("[transfer]\nunknown_peers = \"{unknown_peers}\"\n"));
     o
 }
+
+/// A sender `PREFIX-a` (accepting everyone) and a recipient `PREFIX-b` with the inbox policy
+/// `b_policy`, started together and connected over loopback TCP.
+pub async fn connected_pair(prefix: &str, b_policy: &str) -> anyhow::Result<(Daemon, Daemon)> {
+    let (a, b) = tokio::try_join!(
+        Daemon::spawn(transfer_opts(&format!("{prefix}-a"), "accept")),
+        Daemon::spawn(transfer_opts(&format!("{prefix}-b"), b_policy))
+    )?;
+    a.connect_to(&b).await?;
+    Ok((a, b))
+}

@@ -9,8 +9,8 @@ use anyhow::{Context, ensure};
 use firma_ipc::transfer::{TransferFilter, TransferState};
 use firma_tests::Daemon;
 use firma_tests::transfer::{
-    download_sha256, make_document, send, sha256_file, transfer_opts, upload_bytes, wait_incoming, wait_state,
-    wait_transfer,
+    connected_pair, download_sha256, make_document, send, sha256_file, transfer_opts, upload_bytes, wait_incoming,
+    wait_state, wait_transfer,
 };
 use serde_json::Value;
 
@@ -25,11 +25,7 @@ fn str_of<'a>(v: &'a Value, key: &str) -> anyhow::Result<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_documents_one_of_200_mib_arrive_intact() -> anyhow::Result<()> {
-    let (a, b) = tokio::try_join!(
-        Daemon::spawn(transfer_opts("send-a", "accept")),
-        Daemon::spawn(transfer_opts("send-b", "accept"))
-    )?;
-    a.connect_to(&b).await?;
+    let (a, b) = connected_pair("send", "accept").await?;
     let docs = [
         make_document(a.dir(), "contract.pdf", 48_213, 1)?,
         make_document(a.dir(), "annex.bin", 3 * MIB + 17, 2)?,
@@ -128,11 +124,7 @@ async fn three_documents_one_of_200_mib_arrive_intact() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_policy_waits_for_accept_or_reject() -> anyhow::Result<()> {
-    let (a, b) = tokio::try_join!(
-        Daemon::spawn(transfer_opts("ask-a", "accept")),
-        Daemon::spawn(transfer_opts("ask-b", "ask"))
-    )?;
-    a.connect_to(&b).await?;
+    let (a, b) = connected_pair("ask", "ask").await?;
 
     // Rejected with a reason: the sender sees the rejection.
     let doc = upload_bytes(&a, "not-this.pdf", "application/pdf", b"%PDF-1.7 reject me").await?;

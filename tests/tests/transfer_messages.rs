@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use firma_ipc::client::{CALL_TIMEOUT, ctx};
-use firma_tests::transfer::{send, transfer_opts, upload_bytes, wait_incoming};
-use firma_tests::{Daemon, wait_for_value};
+use firma_tests::transfer::{connected_pair, send, upload_bytes, wait_incoming};
+use firma_tests::wait_for_value;
 
 const STEP: Duration = Duration::from_secs(60);
 
@@ -22,11 +22,7 @@ fn state_line(text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_transfer_says_it_waits_for_acceptance_on_both_sides() -> anyhow::Result<()> {
-    let (a, b) = tokio::try_join!(
-        Daemon::spawn(transfer_opts("held-a", "accept")),
-        Daemon::spawn(transfer_opts("held-b", "ask"))
-    )?;
-    a.connect_to(&b).await?;
+    let (a, b) = connected_pair("held", "ask").await?;
     let doc = upload_bytes(&a, "contract.pdf", "application/pdf", b"%PDF-1.7 hold me").await?;
     let out = send(&a, b.peer_id(), &[doc], Some("please sign")).await?;
     let held = wait_incoming(&b, a.peer_id(), STEP).await?;

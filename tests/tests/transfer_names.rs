@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use firma_ipc::transfer::TransferState;
-use firma_tests::Daemon;
 use firma_tests::transfer::{
-    download_sha256, files_under, send, sha256_hex, transfer_opts, upload_bytes, wait_incoming, wait_state,
+    connected_pair, download_sha256, files_under, send, sha256_hex, upload_bytes, wait_incoming, wait_state,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -30,11 +29,7 @@ fn hostile_names() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_file_names_are_kept_as_metadata_only() -> anyhow::Result<()> {
-    let (a, b) = tokio::try_join!(
-        Daemon::spawn(transfer_opts("names-a", "accept")),
-        Daemon::spawn(transfer_opts("names-b", "accept"))
-    )?;
-    a.connect_to(&b).await?;
+    let (a, b) = connected_pair("names", "accept").await?;
     let before: HashSet<PathBuf> = files_under(b.dir())?.into_iter().collect();
 
     let names = hostile_names();
